@@ -1,0 +1,28 @@
+# The two commands of README.md. Each creates .venv (Python >= 3.10) and installs gen_jax on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-all install clean
+
+demo: $(VENV)/.installed  ## train every family on the ring of 8 Gaussians -> runs/quickstart/
+	$(PY) -m experiments.quickstart --workdir runs/quickstart
+
+test: $(VENV)/.installed  ## the fast test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-all: $(VENV)/.installed  ## including tests marked slow
+	$(PY) -m pytest -q -m ''
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "gen_jax needs Python >= 3.10"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf $(VENV) runs

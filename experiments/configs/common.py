@@ -1,0 +1,61 @@
+"""The parts every experiment config shares. Each ``<family>_<data>.py`` config starts from
+``base_config`` and adds ``model``/``objective``/``eval`` fields of its family."""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+
+def base_config(
+    family: str,
+    *,
+    data: str,
+    batch_size: int,
+    num_steps: int,
+    learning_rate: float,
+    seed: int = 0,
+) -> config_dict.ConfigDict:
+    """A config with the common schema (data / optim / train / eval)."""
+    c = config_dict.ConfigDict()
+    c.family = family
+    c.seed = seed
+    c.num_seeds = 1  # >1: train that many seeds at once with vmap (families that support it)
+    c.data = config_dict.ConfigDict(dict(
+        name=data,
+        data_dir=config_dict.placeholder(str),  # tfds data_dir for image datasets
+        batch_size=batch_size,
+        eval_batch_size=500,
+        num_eval=10_000,  # toy: held-out samples; images: test examples used (-1: all)
+    ))
+    c.optim = config_dict.ConfigDict(dict(
+        optimizer="adam", learning_rate=learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+        warmup_steps=0, schedule="constant", grad_clip=0.0, ema_decay=0.0,
+    ))
+    c.train = config_dict.ConfigDict(dict(
+        num_steps=num_steps, log_every=100, eval_every=0, sample_every=0, checkpoint_every=1000,
+        keep_checkpoints=3, max_nonfinite=100,
+    ))
+    c.eval = config_dict.ConfigDict(dict(num_samples=2500))
+    c.model = config_dict.ConfigDict()
+    c.objective = config_dict.ConfigDict()
+    return c
+
+
+def shrink_for_smoke(c: config_dict.ConfigDict, *, num_steps: int = 20) -> config_dict.ConfigDict:
+    """The common part of every ``smoke`` variant: a few steps, small eval, frequent checkpoints."""
+    c.train.num_steps = num_steps
+    c.train.log_every = max(1, num_steps // 4)
+    c.train.checkpoint_every = max(1, num_steps // 2)
+    c.data.num_eval = min(c.data.num_eval if c.data.num_eval > 0 else 10**9, 512)
+    c.data.eval_batch_size = min(c.data.eval_batch_size, 256)
+    c.eval.num_samples = min(c.eval.num_samples, 256)
+    return c
+
+
+def optim_kwargs(c: config_dict.ConfigDict, optim: config_dict.ConfigDict | None = None) -> dict:
+    """``make_optimizer`` keyword arguments from ``c.optim`` (or another optim block)."""
+    o = (optim or c.optim).to_dict()
+    o.pop("ema_decay", None)
+    o["num_steps"] = c.train.num_steps
+    o["grad_clip"] = o.get("grad_clip") or None
+    return o

@@ -1,0 +1,144 @@
+"""Image datasets through ``tfds.data_source`` and the preprocessing each family applies.
+
+Batches are raw 8-bit images ``{'x': uint8 [B, H, W, C], 'label': int32 [B]}``; each family's
+objective applies its own preprocessing (with the step's key where it is random):
+``to_unit`` ([0, 1]), ``to_symmetric`` ([-1, 1]), ``dynamic_binarize`` (x ~ Bernoulli(pixel/255)),
+``uniform_dequantize`` ((x + u) / 2^bits, u ~ U[0, 1)).
+
+The order of examples is a pure function of (seed, epoch): the batch at global step s is computable
+in O(1) from s, so a resumed run reads exactly the batches an uninterrupted run would have read.
+With several processes, each reads only its slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A tfds dataset is not prepared in the data directory and cannot be downloaded here."""
+
+
+def to_unit(x: jax.Array) -> jax.Array:
+    """uint8 in {0..255} -> float32 in [0, 1]."""
+    return jnp.asarray(x, jnp.float32) / 255.0
+
+
+def to_symmetric(x: jax.Array) -> jax.Array:
+    """uint8 in {0..255} -> float32 in [-1, 1]."""
+    return jnp.asarray(x, jnp.float32) / 127.5 - 1.0
+
+
+def dynamic_binarize(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Dynamic binarisation: each pixel ~ Bernoulli(x / 255), resampled at every use."""
+    return jax.random.bernoulli(key, to_unit(x)).astype(jnp.float32)
+
+
+def uniform_dequantize(key: jax.Array, x: jax.Array, num_bits: int = 8) -> jax.Array:
+    """Uniform dequantization: y = (x + u) / 2^bits, u ~ U[0, 1)^D, so y in [0, 1).
+
+    A continuous density p(y) on [0, 1)^D then lower-bounds the discrete likelihood:
+    log P(x) >= E_u[log p(y)] - D * bits * log 2.
+    """
+    u = jax.random.uniform(key, jnp.shape(x))
+    return (jnp.asarray(x, jnp.float32) + u) / float(2**num_bits)
+
+
+def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a prepared tfds image dataset fully into memory.
+
+    Returns:
+      ``(images uint8 [N, H, W, C], labels int32 [N])``.
+
+    Raises:
+      DatasetNotFoundError: the dataset is not prepared in ``data_dir`` (tfds's default if ``None``),
+        with instructions to prepare it.
+    """
+    import tensorflow_datasets as tfds  # imported lazily: toy-only runs never pay for it
+
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except (tfds.core.registered.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
+        where = data_dir or "tfds's default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        raise DatasetNotFoundError(
+            f"tfds dataset {name!r} (split {split!r}) is not prepared in {where}. Either point "
+            f"--config.data.data_dir at a folder holding a prepared copy, or prepare it once on a machine "
+            f"with internet: pip install tensorflow && python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.data_source('{name}', data_dir='DIR', download=True)\". ({type(e).__name__}: {e})"
+        ) from None
+    n = len(source)
+    images, labels = [], []
+    for start in range(0, n, 4096):
+        rows = source.__getitems__(list(range(start, min(n, start + 4096))))
+        images.append(np.stack([r["image"] for r in rows]))
+        labels.append(np.asarray([r["label"] for r in rows], np.int32))
+    images = np.concatenate(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"{name}: expected uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
+    return images, np.concatenate(labels)
+
+
+@dataclasses.dataclass
+class ImageBatches:
+    """Deterministic, resumable batches over an in-memory image array.
+
+    The order within epoch e is ``permutation(N)`` drawn from ``numpy.random.default_rng([seed, e])``;
+    each epoch yields ``N // batch_size`` full batches (drop remainder, so shapes never change).
+    With ``num_processes > 1`` process p receives rows ``[p*B/P, (p+1)*B/P)`` of every global batch.
+    """
+
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int32 [N]
+    batch_size: int  # global batch size
+    seed: int = 0
+    shuffle: bool = True
+    process_index: int = 0
+    num_processes: int = 1
+
+    def __post_init__(self):
+        n = len(self.images)
+        if self.batch_size < 1 or self.batch_size > n:
+            raise ValueError(f"batch_size must be in [1, {n}] (the dataset size), got {self.batch_size}")
+        if self.batch_size % self.num_processes:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by the number of processes "
+                             f"{self.num_processes}")
+        self._cached_epoch = (None, None)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._cached_epoch[0] != epoch:
+            n = len(self.images)
+            order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
+                     else np.arange(n))
+            self._cached_epoch = (epoch, order)
+        return self._cached_epoch[1]
+
+    def batch_at(self, step: int) -> dict[str, np.ndarray]:
+        """The (process-local part of the) batch of global step ``step``, in O(1) of ``step``."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        rows = self._order(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
+        local = self.batch_size // self.num_processes
+        rows = rows[self.process_index * local:(self.process_index + 1) * local]
+        return {"x": self.images[rows], "label": self.labels[rows]}
+
+    def __call__(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        step = start_step
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+    def epoch(self) -> Iterator[dict[str, np.ndarray]]:
+        """One pass in order over every full batch (for evaluation)."""
+        for k in range(self.steps_per_epoch):
+            rows = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            yield {"x": self.images[rows], "label": self.labels[rows]}

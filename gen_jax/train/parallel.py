@@ -1,0 +1,43 @@
+"""Data parallelism with ``jax.jit`` + ``NamedSharding`` over a 1D device mesh (no pmap).
+
+The batch is sharded along the mesh's ``'data'`` axis and the training state is replicated; the
+compiled step then computes per-device gradients and XLA inserts the all-reduce. One device is the
+degenerate case of the same code path. With several processes (``jax.distributed``), each process
+passes its local rows and :func:`shard_batch` assembles the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1D mesh over ``devices`` (default: every device of every process) with axis ``'data'``."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    """Raises a ValueError unless the global batch splits evenly over the mesh's devices."""
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ValueError(f"batch size {batch_size} is not divisible by the number of devices {n}; "
+                         f"use a multiple of {n} (e.g. {max(n, batch_size // n * n)})")
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places every leaf of ``tree`` on all devices of ``mesh`` (replicated)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
+    """Assembles the global batch from this process's local rows, sharded along ``batch_axis``."""
+    spec = P(*([None] * batch_axis), DATA_AXIS)
+    sharding = NamedSharding(mesh, spec)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

@@ -1,0 +1,190 @@
+"""Training state: every mutable piece of a run in one pytree.
+
+A :class:`TrainState` holds the parameters, the optimizer state, the step counter, one typed PRNG key,
+and optionally an exponential moving average (EMA) of the parameters and non-trainable
+``batch_stats`` (e.g. the power-iteration vectors of spectral normalisation). Two-player models (GANs)
+hold one state per player in a :class:`TwoPlayerState`.
+
+The optimizer is always wrapped in :func:`optax.apply_if_finite`, so an update whose gradients contain
+NaN/Inf is skipped and counted (``state.nonfinite_total``; consecutive skips in
+``state.nonfinite_consecutive``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+# The loop stops a run long before optax's own limit would start applying non-finite updates.
+_MAX_CONSECUTIVE_NONFINITE = 2**30
+
+
+@functools.lru_cache(maxsize=None)
+def _skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``apply_if_finite(tx)``, one object per ``tx``: states built from one ``tx`` share a pytree
+    structure (so they stack, restore and hit the same compiled step)."""
+    return optax.apply_if_finite(tx, _MAX_CONSECUTIVE_NONFINITE)
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """All mutable training state of one model.
+
+    Attributes:
+      step: int32 scalar, number of optimizer updates attempted so far.
+      params: trainable parameters.
+      opt_state: state of ``tx`` (an ``optax.ApplyIfFiniteState`` at the top level).
+      key: typed PRNG key of the run; the step derives ``fold_in(key, step)`` from it.
+      ema_params: EMA of ``params`` when ``ema_decay > 0``, else ``None``.
+      batch_stats: non-trainable model state (``None`` if the model has none).
+      tx: the optax transformation (static).
+      ema_decay: EMA decay in [0, 1) (static); 0 disables the EMA.
+    """
+
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+    key: jax.Array
+    ema_params: PyTree = None
+    batch_stats: PyTree = None
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
+    ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        params: PyTree,
+        tx: optax.GradientTransformation,
+        key: jax.Array,
+        ema_decay: float = 0.0,
+        batch_stats: PyTree = None,
+    ) -> "TrainState":
+        """Builds a fresh state; ``tx`` is wrapped in ``optax.apply_if_finite``."""
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+        if not jax.dtypes.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+            raise TypeError("key must be a typed PRNG key from jax.random.key(seed), got "
+                            f"an array of dtype {jnp.asarray(key).dtype}")
+        tx = _skip_nonfinite(tx)
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            key=key,
+            ema_params=jax.tree.map(jnp.copy, params) if ema_decay > 0 else None,
+            batch_stats=batch_stats,
+            tx=tx,
+            ema_decay=float(ema_decay),
+        )
+
+    def apply_gradients(self, grads: PyTree, batch_stats: PyTree = None) -> "TrainState":
+        """One optimizer update (skipped by ``apply_if_finite`` if ``grads`` are not finite)."""
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, updates)
+        ema = self.ema_params
+        if self.ema_decay > 0:
+            ema = optax.incremental_update(params, ema, 1.0 - self.ema_decay)
+        if batch_stats is not None:
+            finite = opt_state.last_finite
+            batch_stats = jax.tree.map(lambda n, o: jnp.where(finite, n, o), batch_stats, self.batch_stats)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state,
+                            ema_params=ema, batch_stats=self.batch_stats if batch_stats is None else batch_stats)
+
+    @property
+    def eval_params(self) -> PyTree:
+        """The parameters to sample/evaluate with: the EMA when there is one."""
+        return self.params if self.ema_params is None else self.ema_params
+
+    @property
+    def nonfinite_total(self) -> jax.Array:
+        """Number of updates skipped so far because of NaN/Inf gradients or loss."""
+        return self.opt_state.total_notfinite
+
+    @property
+    def nonfinite_consecutive(self) -> jax.Array:
+        """Number of consecutive skipped updates ending at the current step."""
+        return self.opt_state.notfinite_count
+
+
+class TwoPlayerState(flax.struct.PyTreeNode):
+    """State of a two-player game (GAN): one :class:`TrainState` per player."""
+
+    g: TrainState
+    d: TrainState
+
+    @property
+    def step(self) -> jax.Array:
+        return self.g.step
+
+    @property
+    def nonfinite_total(self) -> jax.Array:
+        return self.g.nonfinite_total + self.d.nonfinite_total
+
+    @property
+    def nonfinite_consecutive(self) -> jax.Array:
+        return jnp.maximum(self.g.nonfinite_consecutive, self.d.nonfinite_consecutive)
+
+
+def make_optimizer(
+    *,
+    optimizer: str = "adam",
+    learning_rate: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    schedule: str = "constant",
+    num_steps: int | None = None,
+    grad_clip: float | None = None,
+) -> optax.GradientTransformation:
+    """An optax optimizer from explicit settings.
+
+    Args:
+      optimizer: ``'adam'``, ``'adamw'`` or ``'sgd'`` (momentum ``b1``).
+      learning_rate: peak learning rate, > 0.
+      warmup_steps: linear warm-up from 0 to ``learning_rate``.
+      schedule: ``'constant'`` or ``'cosine'`` (decay to 0 at ``num_steps``; needs ``num_steps``).
+      grad_clip: clip the global gradient norm to this value (``None`` or 0: no clipping).
+    """
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if schedule == "constant":
+        lr = learning_rate
+        if warmup_steps:
+            lr = optax.join_schedules(
+                [optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                 optax.constant_schedule(learning_rate)], [warmup_steps])
+    elif schedule == "cosine":
+        if not num_steps or num_steps <= warmup_steps:
+            raise ValueError(f"schedule='cosine' needs num_steps > warmup_steps, got num_steps="
+                             f"{num_steps!r}, warmup_steps={warmup_steps!r}")
+        lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, num_steps)
+    else:
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if optimizer == "adam":
+        opt = optax.adam(lr, b1=b1, b2=b2, eps=eps)
+    elif optimizer == "adamw":
+        opt = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = optax.sgd(lr, momentum=b1 or None)
+    else:
+        raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {optimizer!r}")
+    if weight_decay and optimizer != "adamw":
+        opt = optax.chain(optax.add_decayed_weights(weight_decay), opt)
+    if grad_clip:
+        if grad_clip < 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+        opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
+    return opt

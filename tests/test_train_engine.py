@@ -1,0 +1,219 @@
+"""The engine's guarantees: loss falls, traced once, vmap == separate runs, checkpoint round trip,
+interrupted-then-resumed == uninterrupted, non-finite guard, two-player step."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gen_jax.data import toy
+from gen_jax.train import (CheckpointError, Checkpointer, NonFiniteError, TrainState, TwoPlayerState,
+                           fit, make_optimizer, make_train_step, make_two_player_step, read_metrics)
+
+
+def gaussian_nll(params, batch, rng):
+    """NLL of N(mu, exp(2 s) I) with a noisy term so the rng matters."""
+    x = batch["x"] + 0.01 * jax.random.normal(rng, batch["x"].shape)
+    mu, log_s = params["mu"], params["log_s"]
+    nll = jnp.sum(0.5 * ((x - mu[None]) / jnp.exp(log_s)[None]) ** 2 + log_s[None] + 0.5 * jnp.log(2 * jnp.pi), -1)
+    return jnp.mean(nll), {"nll_nats": jnp.mean(nll)}
+
+
+TX = make_optimizer(learning_rate=0.05)
+
+
+def make_state(seed=0, ema=0.0):
+    params = {"mu": jnp.array([1.5, -1.0]), "log_s": jnp.zeros(2)}
+    return TrainState.create(params=params, tx=TX, key=jax.random.key(seed), ema_decay=ema)
+
+
+def batches_of(dist, bs=64):
+    return toy.ToyBatches(dist, bs, seed=0)
+
+
+def test_loss_falls_and_reaches_closed_form():
+    dist = toy.ring8()
+    state, _ = fit(make_state(), make_train_step(gaussian_nll), batches_of(dist), num_steps=300,
+                   log_every=50, progress=False)
+    # The ML Gaussian fit to the ring: mean 0, variance radius^2/2 + std^2 per coordinate.
+    np.testing.assert_allclose(state.params["mu"], 0.0, atol=0.25)
+    np.testing.assert_allclose(jnp.exp(2 * state.params["log_s"]), 2.0 + 0.02**2, rtol=0.2)
+
+
+def test_step_traces_once():
+    traces = []
+
+    def loss_fn(params, batch, rng):
+        traces.append(1)
+        return gaussian_nll(params, batch, rng)
+
+    step = make_train_step(loss_fn)
+    state = make_state()
+    b = batches_of(toy.ring8())
+    for i in range(5):
+        state, _ = step(state, b.batch_at(i))
+    assert len(traces) == 1
+
+
+def test_vmap_replicas_equal_separate_runs():
+    k = 3
+    b = batches_of(toy.ring8())
+    step = make_train_step(gaussian_nll)
+    singles = []
+    for seed in range(k):
+        s = make_state(seed)
+        for i in range(10):
+            s, _ = step(s, b.batch_at(i))
+        singles.append(s.params)
+    rep = jax.tree.map(lambda *xs: jnp.stack(xs), *[make_state(seed) for seed in range(k)])
+    vstep = make_train_step(gaussian_nll, replicas=True)
+    for i in range(10):
+        rep, metrics = vstep(rep, b.batch_at(i))
+    assert metrics["loss"].shape == (k,)
+    for r in range(k):
+        for name in ("mu", "log_s"):
+            np.testing.assert_allclose(rep.params[name][r], singles[r][name], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(singles[0]["mu"], singles[1]["mu"])  # the seeds really differ
+
+
+def test_checkpoint_round_trip(tmp_path):
+    state = make_state(ema=0.9)
+    step = make_train_step(gaussian_nll)
+    b = batches_of(toy.ring8())
+    for i in range(3):
+        state, _ = step(state, b.batch_at(i))
+    ck = Checkpointer(str(tmp_path / "ckpt"), run_info={"family": "test"})
+    ck.save(3, state)
+    restored, info = ck.restore(make_state(seed=7, ema=0.9))
+    assert info["family"] == "test"
+    for a, c in zip(jax.tree.leaves(jax.random.key_data(state.key)), jax.tree.leaves(jax.random.key_data(restored.key))):
+        np.testing.assert_array_equal(a, c)
+    for a, c in zip(jax.tree.leaves(state.replace(key=0)), jax.tree.leaves(restored.replace(key=0))):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    step = make_train_step(gaussian_nll, donate=False)
+    b = batches_of(toy.ring8())
+    full, _ = fit(make_state(ema=0.5), step, b, num_steps=30, workdir=str(tmp_path / "a"), log_every=5,
+                  progress=False)
+    ck = Checkpointer(str(tmp_path / "b" / "ckpt"))
+    # First run "dies" after 17 steps, having checkpointed at step 10.
+    fit(make_state(ema=0.5), step, b, num_steps=17, workdir=str(tmp_path / "b"), checkpointer=ck,
+        checkpoint_every=10, log_every=5, progress=False)
+    ck2 = Checkpointer(str(tmp_path / "b" / "ckpt"))
+    ck2._manager.delete(17)  # lost with the process: only step 10 survives
+    resumed, _ = ck2.restore(make_state(seed=3, ema=0.5))
+    assert int(resumed.step) == 10
+    resumed, _ = fit(resumed, step, b, num_steps=30, workdir=str(tmp_path / "b"), checkpointer=ck2,
+                     log_every=5, progress=False)
+    for a, c in zip(jax.tree.leaves(full.replace(key=0)), jax.tree.leaves(resumed.replace(key=0))):
+        np.testing.assert_array_equal(a, c)
+    ma = [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in read_metrics(str(tmp_path / "a" / "metrics.jsonl"))]
+    mb = [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in read_metrics(str(tmp_path / "b" / "metrics.jsonl"))]
+    assert ma == mb and len(ma) == 6
+
+
+def test_nonfinite_updates_are_skipped_and_counted():
+    def loss_fn(params, batch, rng):
+        loss, m = gaussian_nll(params, batch, rng)
+        bad = batch["poison"] > 0
+        return jnp.where(bad, jnp.nan, loss), m
+
+    step = make_train_step(loss_fn)
+    state = make_state()
+    b = batches_of(toy.ring8())
+    before = None
+    for i in range(6):
+        batch = dict(b.batch_at(i), poison=jnp.asarray(float(i in (2, 3))))
+        if i == 2:
+            before = jax.tree.map(np.asarray, state.params)
+        state, metrics = step(state, batch)
+        if i == 3:
+            np.testing.assert_array_equal(state.params["mu"], before["mu"])  # two updates skipped
+            assert int(metrics["skipped"]) == 1 and int(state.nonfinite_consecutive) == 2
+    assert int(state.nonfinite_total) == 2 and int(state.nonfinite_consecutive) == 0
+    assert np.all(np.isfinite(state.params["mu"]))
+
+
+def test_fit_stops_after_too_many_nonfinite(tmp_path):
+    step = make_train_step(lambda p, b, r: (jnp.nan * jnp.sum(p["mu"]), {}))
+    ck = Checkpointer(str(tmp_path / "ckpt"))
+    with pytest.raises(NonFiniteError, match="consecutive non-finite"):
+        fit(make_state(), step, batches_of(toy.ring8()), num_steps=50, checkpointer=ck, log_every=5,
+            max_nonfinite=10, progress=False)
+    assert ck.latest_step() is None  # nothing written over a good checkpoint
+
+
+def test_checkpoint_mismatch_and_corruption_are_reported(tmp_path):
+    ck = Checkpointer(str(tmp_path / "ckpt"), run_info={"family": "flow"})
+    ck.save(5, make_state())
+    other = TrainState.create(params={"mu": jnp.zeros(3), "log_s": jnp.zeros(3)},
+                              tx=make_optimizer(learning_rate=0.1), key=jax.random.key(0))
+    with pytest.raises(CheckpointError, match=r"\['mu'\].*float32\[2\].*float32\[3\]"):
+        ck.restore(other)
+    with pytest.raises(CheckpointError, match="family='flow' but this run has family='vae'"):
+        Checkpointer(str(tmp_path / "ckpt"), run_info={"family": "vae"}).restore(make_state())
+    # Truncate every data file of the checkpoint.
+    for root, _, files in os.walk(tmp_path / "ckpt" / "5"):
+        for f in files:
+            if "info" not in root:
+                with open(os.path.join(root, f), "r+b") as fh:
+                    fh.truncate(max(0, os.path.getsize(os.path.join(root, f)) // 3))
+    with pytest.raises(CheckpointError, match="unreadable|does not match"):
+        Checkpointer(str(tmp_path / "ckpt"), run_info={"family": "flow"}).restore(make_state())
+
+
+def test_two_player_step_updates_critic_n_times_and_traces_once():
+    traces = []
+
+    def d_loss(d_params, g_params, batch, rng):
+        traces.append("d")
+        fake = g_params["shift"][None] + jax.random.normal(rng, batch["x"].shape)
+        real_score = batch["x"] @ d_params["w"]
+        fake_score = fake @ d_params["w"]
+        loss = jnp.mean(jax.nn.softplus(-real_score)) + jnp.mean(jax.nn.softplus(fake_score))
+        return loss, {}
+
+    def g_loss(g_params, d_params, batch, rng):
+        traces.append("g")
+        fake = g_params["shift"][None] + jax.random.normal(rng, batch["x"].shape)
+        return jnp.mean(jax.nn.softplus(-(fake @ d_params["w"]))), {}
+
+    tx = make_optimizer(learning_rate=0.05)
+    state = TwoPlayerState(
+        g=TrainState.create(params={"shift": jnp.zeros(2)}, tx=tx, key=jax.random.key(0)),
+        d=TrainState.create(params={"w": jnp.zeros(2)}, tx=tx, key=jax.random.key(1)))
+    step = make_two_player_step(d_loss, g_loss, n_critic=3)
+    data = toy.isotropic_mixture(np.array([[2.0, 2.0]]), 0.3, "one")
+    b = batches_of(data)
+    for i in range(200):
+        state, metrics = step(state, b.batch_at(i))
+    assert int(state.g.step) == 200 and int(state.d.step) == 600
+    assert traces.count("g") == 1 and traces.count("d") == 1
+    assert {"d_loss", "g_loss", "d_grad_norm", "g_grad_norm"} <= set(metrics)
+    # The generator's shift moved toward the data mean (2, 2).
+    assert float(jnp.linalg.norm(state.g.params["shift"] - 2.0)) < 1.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(learning_rate=-1.0), "learning_rate must be > 0"),
+    (dict(learning_rate=1e-3, schedule="cosine"), "num_steps"),
+    (dict(learning_rate=1e-3, optimizer="adagrad"), "optimizer must be"),
+    (dict(learning_rate=1e-3, schedule="linear"), "schedule must be"),
+])
+def test_make_optimizer_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_optimizer(**kwargs)
+
+
+def test_ema_tracks_params():
+    state = make_state(ema=0.5)
+    step = make_train_step(gaussian_nll)
+    b = batches_of(toy.ring8())
+    prev_ema = np.asarray(state.ema_params["mu"])
+    state, _ = step(state, b.batch_at(0))
+    np.testing.assert_allclose(state.ema_params["mu"], 0.5 * prev_ema + 0.5 * np.asarray(state.params["mu"]),
+                               rtol=1e-6)
