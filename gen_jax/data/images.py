@@ -65,7 +65,8 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[np.nd
 
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except (tfds.core.registered.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
+    except (tfds.core.registered.DatasetNotFoundError, AssertionError, FileNotFoundError,
+            NotImplementedError) as e:  # tfds reports an unprepared folder in several ways
         where = data_dir or "tfds's default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
         raise DatasetNotFoundError(
             f"tfds dataset {name!r} (split {split!r}) is not prepared in {where}. Either point "
@@ -76,7 +77,11 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[np.nd
     n = len(source)
     images, labels = [], []
     for start in range(0, n, 4096):
-        rows = source.__getitems__(list(range(start, min(n, start + 4096))))
+        idx = list(range(start, min(n, start + 4096)))
+        try:
+            rows = source.__getitems__(idx)  # one batched read
+        except TypeError:  # tfds.testing.mock_data's source has no batched read
+            rows = [source[i] for i in idx]
         images.append(np.stack([r["image"] for r in rows]))
         labels.append(np.asarray([r["label"] for r in rows], np.int32))
     images = np.concatenate(images)
