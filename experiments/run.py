@@ -26,7 +26,8 @@ from gen_jax import viz
 from gen_jax.data import images as image_data
 from gen_jax.data import toy as toy_data
 from gen_jax.metrics import mode_coverage
-from gen_jax.train import Checkpointer, fit, make_mesh, read_metrics, replicate, shard_batch
+from gen_jax.train import (Checkpointer, fit, local_replica, make_mesh, read_metrics, replicate,
+                           shard_batch)
 from gen_jax.train.parallel import check_batch_size
 
 # family name -> module with ``build(config, data) -> Task`` (explicit; nothing registers itself)
@@ -126,10 +127,16 @@ def _save_samples(task: Task, state, key, data: DataSpec, n: int, path: str, log
         viz.save_image_grid(shown[:64], path)
     else:
         real = np.asarray(data.toy.sample(jax.random.key(1), len(shown)))
-        viz.save_panel([{"title": f"data ({data.name})", "samples": real},
+        viz.save_panel([{"title": f"data ({data.name})", "samples": real, "log_density": data.toy.log_prob},
                         {"title": "samples", "samples": shown, "log_density": log_density}],
                        path, data.toy.bounds)
     return samples
+
+
+def _checksum(state) -> float:
+    """sum |x| over the float leaves of the state: a cheap fingerprint to compare runs/processes."""
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return float(sum(float(jnp.sum(jnp.abs(x))) for x in leaves))
 
 
 def _toy_scores(samples: np.ndarray, data: DataSpec) -> dict:
@@ -180,13 +187,13 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
     samples_dir = os.path.join(workdir, "samples")
 
     def sample_hook(st, step):
-        state_box[0] = st
         if main:
+            st = state_box[0] = local_replica(st)
             _save_samples(task, st, jax.random.fold_in(sample_key, step), data, 64 if data.kind == "image"
                           else 2000, os.path.join(samples_dir, f"step_{step:07d}.png"))
 
     def eval_hook(st, step):
-        return {f"eval_{k}": v for k, v in task.evaluate(st, jax.random.fold_in(eval_key, step),
+        return {f"eval_{k}": v for k, v in task.evaluate(local_replica(st), jax.random.fold_in(eval_key, step),
                                                          eval_batches()).items()}
 
     hooks = []
@@ -203,9 +210,10 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
         put_batch=lambda b: shard_batch(b, mesh, batch_axis), progress=progress, is_main_process=main)
     train_time = time.perf_counter() - t0
     checkpointer.close()
-    state_box[0] = state
+    state = state_box[0] = local_replica(state)
     summary = {"family": config.family, "data": config.data.name, "steps": int(np.max(jax.device_get(state.step))),
-               "train_time_s": round(train_time, 2), "resumed_from": resumed_from, "interrupted": interrupted}
+               "train_time_s": round(train_time, 2), "resumed_from": resumed_from, "interrupted": interrupted,
+               "params_checksum": _checksum(state)}
     if interrupted:
         return RunResult(summary, task, state, data, interrupted)
 

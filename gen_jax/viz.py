@@ -52,8 +52,10 @@ def density_grid(log_density: Callable, bounds: tuple[float, float], resolution:
     return xs, np.asarray(log_density(pts), np.float64).reshape(resolution, resolution)
 
 
-def save_panel(columns: Sequence[dict], path: str, bounds: tuple[float, float], title: str = "") -> str:
-    """2D panel: one column per model; row 1 samples (scatter), row 2 density heatmap where known.
+def save_panel(columns: Sequence[dict], path: str, bounds: tuple[float, float], title: str = "",
+               log_range: float = 12.0) -> str:
+    """2D panel: one column per model; row 1 samples (scatter), row 2 log-density heatmap where known
+    (clipped to ``log_range`` nats below its maximum, so sharp and broad densities both show).
 
     Args:
       columns: dicts with ``title``, ``samples`` [N, 2] and optionally ``log_density``
@@ -79,8 +81,10 @@ def save_panel(columns: Sequence[dict], path: str, bounds: tuple[float, float], 
             ax = axes[1, j]
             if col.get("log_density") is not None:
                 xs, lp = density_grid(col["log_density"], bounds)
-                ax.imshow(np.exp(lp), origin="lower", extent=(*bounds, *bounds), cmap="magma")
-                ax.set_title("density", fontsize=9)
+                top = np.max(lp[np.isfinite(lp)]) if np.any(np.isfinite(lp)) else 0.0
+                lp = np.clip(np.nan_to_num(lp, nan=-np.inf), top - log_range, top)
+                ax.imshow(lp, origin="lower", extent=(*bounds, *bounds), cmap="magma")
+                ax.set_title(f"log density (top {log_range:.0f} nats)", fontsize=9)
             else:
                 ax.text(0.5, 0.5, "no tractable\ndensity", ha="center", va="center", fontsize=9,
                         transform=ax.transAxes)

@@ -2,12 +2,13 @@
 
 from gen_jax.train.checkpoint import CheckpointError, Checkpointer
 from gen_jax.train.loop import MetricsWriter, NonFiniteError, fit, read_metrics
-from gen_jax.train.parallel import check_batch_size, make_mesh, replicate, shard_batch
+from gen_jax.train.parallel import (check_batch_size, initialize_distributed, local_replica, make_mesh,
+                                    replicate, shard_batch)
 from gen_jax.train.state import TrainState, TwoPlayerState, make_optimizer
 from gen_jax.train.steps import make_train_step, make_two_player_step
 
 __all__ = [
     "CheckpointError", "Checkpointer", "MetricsWriter", "NonFiniteError", "fit", "read_metrics",
-    "check_batch_size", "make_mesh", "replicate", "shard_batch", "TrainState", "TwoPlayerState",
+    "check_batch_size", "initialize_distributed", "local_replica", "make_mesh", "replicate", "shard_batch", "TrainState", "TwoPlayerState",
     "make_optimizer", "make_train_step", "make_two_player_step",
 ]

@@ -41,3 +41,28 @@ def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
     spec = P(*([None] * batch_axis), DATA_AXIS)
     sharding = NamedSharding(mesh, spec)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Joins a multi-process run (``jax.distributed.initialize``); call before any other JAX work.
+
+    With no arguments JAX reads the cluster from the environment (Cloud TPU, Slurm, Open MPI, ...).
+    On CPU, cross-process collectives use gloo.
+    """
+    if (num_processes is None) != (process_id is None):
+        raise ValueError("num_processes and process_id must be given together "
+                         f"(got num_processes={num_processes!r}, process_id={process_id!r})")
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id!r}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def local_replica(tree: Any) -> Any:
+    """This process's copy of a replicated pytree, on one local device (no communication).
+
+    Sampling and evaluation then run per process without a cross-process collective.
+    """
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
