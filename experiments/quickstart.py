@@ -61,8 +61,9 @@ def run(workdir: str, data: str = "ring8", scale: float = 1.0, restart: bool = F
         ev = result.summary["eval"]
         row = {"family": label, "config": module, "steps": config.train.num_steps,
                "time_s": round(time.perf_counter() - t0, 1), "nll_nats": ev.get("nll_nats"),
-               "entropy_nats": result.summary.get("entropy_nats"), "modes": ev.get("modes"),
-               "num_modes": ev.get("num_modes"), "hq_percent": ev.get("hq_percent")}
+               "entropy_nats": result.summary.get("entropy_nats"), "modes": ev.get("modes", ev.get("modes_mean")),
+               "num_modes": ev.get("num_modes", float(len(getattr(dist, "means", ())))),
+               "hq_percent": ev.get("hq_percent", ev.get("hq_percent_mean"))}
         rows.append(row)
         samples = np.asarray(jax.device_get(result.task.sample(result.state, jax.random.key(1), 2000)))
         if samples.ndim == 3:  # several seeds trained at once: show the first
