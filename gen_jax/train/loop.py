@@ -193,7 +193,7 @@ def fit(
                 interrupted = True
                 break
         else:
-            if start < num_steps or (checkpointer is not None and checkpointer.latest_step() != num_steps):
+            if start < num_steps:
                 save(num_steps)
     if bar is not None:
         bar.close()
