@@ -147,9 +147,12 @@ def fit(
     t_last, step_last = time.perf_counter(), start
     interrupted = False
 
+    saved = {start}  # a step is written once (a signal can arrive on a checkpoint step)
+
     def save(step):
-        if checkpointer is not None:
+        if checkpointer is not None and step not in saved:
             checkpointer.save(step, state)
+            saved.add(step)
 
     with _stop_on_signals() as stop:
         it = batches(start)

@@ -31,15 +31,35 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
                          f"use a multiple of {n} (e.g. {max(n, batch_size // n * n)})")
 
 
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every leaf of ``tree`` on all devices of ``mesh`` (replicated)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Places every leaf of ``tree`` on all devices of ``mesh`` (replicated).
+
+    With several processes every process passes the same values (same seed, or the same restored
+    checkpoint) and each places them on its own devices.
+    """
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if _is_key(x):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
 
 
 def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
     """Assembles the global batch from this process's local rows, sharded along ``batch_axis``."""
     spec = P(*([None] * batch_axis), DATA_AXIS)
     sharding = NamedSharding(mesh, spec)
+    if jax.process_count() == 1:  # no host round trip for batches made on device
+        return jax.device_put(batch, sharding)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 

@@ -1,0 +1,131 @@
+"""Data parallelism: the same steps on a 4-device mesh give the same parameters as on 1 device
+(single-objective and two-player), and two processes joined with jax.distributed train, checkpoint
+and resume a config while agreeing on the parameters."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gen_jax.data import toy
+from gen_jax.train import (TrainState, TwoPlayerState, check_batch_size, make_mesh, make_optimizer,
+                           make_train_step, make_two_player_step, replicate, shard_batch)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TX = make_optimizer(learning_rate=1e-2)
+
+
+def mlp_params(key, sizes):
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [{"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
+            for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+
+def mlp(params, x):
+    for i, layer in enumerate(params):
+        x = x @ layer["w"] + layer["b"][None]
+        if i < len(params) - 1:
+            x = jnp.tanh(x)
+    return x
+
+
+def regression_loss(params, batch, rng):
+    """A per-example loss reduced over the (sharded) batch: the mean must be taken globally."""
+    x = batch["x"] + 0.01 * jax.random.normal(rng, batch["x"].shape)
+    pred = mlp(params, x)
+    loss = jnp.mean(jnp.sum((pred - jnp.flip(x, axis=1)) ** 2, axis=1))
+    return loss, {}
+
+
+def run_on(devices, make_state, step, num_steps=8):
+    mesh = make_mesh(devices)
+    state = replicate(make_state(), mesh)
+    batches = toy.ToyBatches(toy.ring8(), 64, seed=0)
+    for i in range(num_steps):
+        state, _ = step(state, shard_batch(batches.batch_at(i), mesh))
+    return jax.device_get(jax.tree.map(lambda x: x, state.params if hasattr(state, "params") else
+                                       (state.g.params, state.d.params)))
+
+
+@pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices: see conftest")
+def test_four_devices_equal_one_device_single_objective():
+    make_state = lambda: TrainState.create(params=mlp_params(jax.random.key(0), [2, 32, 2]), tx=TX,  # noqa: E731
+                                           key=jax.random.key(1))
+    step = make_train_step(regression_loss)
+    one = run_on(jax.devices()[:1], make_state, step)
+    four = run_on(jax.devices()[:4], make_state, step)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices: see conftest")
+def test_four_devices_equal_one_device_two_player():
+    def d_loss(dp, gp, batch, rng):
+        fake = mlp(gp, jax.random.normal(rng, batch["x"].shape))
+        return jnp.mean(jax.nn.softplus(-mlp(dp, batch["x"]))) + jnp.mean(jax.nn.softplus(mlp(dp, fake))), {}
+
+    def g_loss(gp, dp, batch, rng):
+        fake = mlp(gp, jax.random.normal(rng, batch["x"].shape))
+        return jnp.mean(jax.nn.softplus(-mlp(dp, fake))), {}
+
+    def make_state():
+        return TwoPlayerState(g=TrainState.create(params=mlp_params(jax.random.key(0), [2, 16, 2]), tx=TX,
+                                                  key=jax.random.key(1)),
+                              d=TrainState.create(params=mlp_params(jax.random.key(2), [2, 16, 1]), tx=TX,
+                                                  key=jax.random.key(3)))
+
+    step = make_two_player_step(d_loss, g_loss, n_critic=2)
+    one = run_on(jax.devices()[:1], make_state, step)
+    four = run_on(jax.devices()[:4], make_state, step)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_size_must_divide_device_count():
+    mesh = make_mesh(jax.devices()[:4]) if jax.device_count() >= 4 else make_mesh()
+    n = mesh.devices.size
+    check_batch_size(8 * n, mesh)
+    if n > 1:
+        with pytest.raises(ValueError, match=f"batch size {8 * n + 1} is not divisible by the number of devices {n}"):
+            check_batch_size(8 * n + 1, mesh)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(config, workdir, steps):
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", f"--config={config}", f"--workdir={workdir}",
+         f"--config.train.num_steps={steps}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+         f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [json.loads(out[out.index("{"):]) for out, _ in outs]
+
+
+TWO_PROCESS_CONFIG = "experiments/configs/realnvp_toy.py:smoke"
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, TWO_PROCESS_CONFIG.split(":")[0])),
+                    reason="flow family not built")
+def test_two_processes_train_checkpoint_and_resume(tmp_path):
+    wd = str(tmp_path / "run")
+    first = _two_processes(TWO_PROCESS_CONFIG, wd, 6)
+    assert first[0]["params_checksum"] == first[1]["params_checksum"]
+    assert first[0]["steps"] == 6
+    second = _two_processes(TWO_PROCESS_CONFIG, wd, 10)
+    assert [s["resumed_from"] for s in second] == [6, 6] and second[0]["steps"] == 10
+    assert second[0]["params_checksum"] == second[1]["params_checksum"] != first[0]["params_checksum"]
