@@ -209,11 +209,13 @@ def test_make_optimizer_rejects_bad_settings(kwargs, match):
         make_optimizer(**kwargs)
 
 
-def test_ema_tracks_params():
+def test_ema_tracks_params_with_warmup():
     state = make_state(ema=0.5)
     step = make_train_step(gaussian_nll)
     b = batches_of(toy.ring8())
-    prev_ema = np.asarray(state.ema_params["mu"])
-    state, _ = step(state, b.batch_at(0))
-    np.testing.assert_allclose(state.ema_params["mu"], 0.5 * prev_ema + 0.5 * np.asarray(state.params["mu"]),
-                               rtol=1e-6)
+    for t in range(30):
+        prev_ema = np.asarray(state.ema_params["mu"])
+        state, _ = step(state, b.batch_at(t))
+        decay = min(0.5, (1 + t) / (10 + t))  # 0.1 at t = 0, ..., 0.5 from t = 8 on
+        np.testing.assert_allclose(state.ema_params["mu"],
+                                   decay * prev_ema + (1 - decay) * np.asarray(state.params["mu"]), rtol=1e-5)

@@ -44,7 +44,8 @@ class TrainState(flax.struct.PyTreeNode):
       ema_params: EMA of ``params`` when ``ema_decay > 0``, else ``None``.
       batch_stats: non-trainable model state (``None`` if the model has none).
       tx: the optax transformation (static).
-      ema_decay: EMA decay in [0, 1) (static); 0 disables the EMA.
+      ema_decay: EMA decay in [0, 1) (static); 0 disables the EMA. At update t the decay used is
+        ``min(ema_decay, (1 + t) / (10 + t))`` (the usual warm-up).
     """
 
     step: jax.Array
@@ -90,7 +91,10 @@ class TrainState(flax.struct.PyTreeNode):
         params = optax.apply_updates(self.params, updates)
         ema = self.ema_params
         if self.ema_decay > 0:
-            ema = optax.incremental_update(params, ema, 1.0 - self.ema_decay)
+            # Warm-up: decay_t = min(decay, (1 + t) / (10 + t)), so early EMAs are not stuck at init.
+            t = self.step.astype(jnp.float32)
+            decay = jnp.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
+            ema = optax.incremental_update(params, ema, 1.0 - decay)
         if batch_stats is not None:
             finite = opt_state.last_finite
             batch_stats = jax.tree.map(lambda n, o: jnp.where(finite, n, o), batch_stats, self.batch_stats)
