@@ -26,7 +26,7 @@ from gen_jax.data import toy
 
 # (family label, config module, training steps at --scale 1): about 3 minutes in all on 2 CPU cores.
 RUNS = [
-    ("flow (RealNVP)", "realnvp_toy", 3000),
+    ("flow (NSF)", "nsf_toy", 3000),
     ("diffusion (DDPM)", "ddpm_toy", 3000),
     ("VAE", "vae_toy", 3000),
     ("GAN", "gan_ring8", 3000),
@@ -53,6 +53,7 @@ def run(workdir: str, data: str = "ring8", scale: float = 1.0, restart: bool = F
         config = cfg_module.get_config()
         config.data.name = data
         config.train.num_steps = max(1, int(steps * scale))
+        config.optim.warmup_steps = min(config.optim.warmup_steps, config.train.num_steps // 10)
         config.train.checkpoint_every = config.train.num_steps
         config.eval.num_samples = 2500
         print(f"== {label}: {module}, {config.train.num_steps} steps", flush=True)
