@@ -119,8 +119,7 @@ def _two_processes(config, workdir, steps):
 TWO_PROCESS_CONFIG = "experiments/configs/realnvp_toy.py:smoke"
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, TWO_PROCESS_CONFIG.split(":")[0])),
-                    reason="flow family not built")
+@pytest.mark.slow
 def test_two_processes_train_checkpoint_and_resume(tmp_path):
     wd = str(tmp_path / "run")
     first = _two_processes(TWO_PROCESS_CONFIG, wd, 6)
