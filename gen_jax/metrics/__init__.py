@@ -1,5 +1,9 @@
-"""Metrics usable by every family: mode coverage; likelihood units; Frechet distance."""
+"""Metrics usable by every family: mode coverage, Frechet distance, and a small MNIST classifier
+(trained by the project, no downloaded weights) whose features feed the Frechet distance."""
 
+from gen_jax.metrics import classifier
+from gen_jax.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
 from gen_jax.metrics.modes import mode_coverage
 
-__all__ = ["mode_coverage"]
+__all__ = ["classifier", "feature_statistics", "frechet_distance", "frechet_distance_from_features",
+           "mode_coverage"]
