@@ -69,7 +69,7 @@ def _check_report(result, markdown, family):
         assert r["warm_cache_hits"] >= 1 and r["cold_cache_hits"] == 0, r
     for r in (r for r in records if r["kind"] == "params"):
         assert all(v > 0 for k, v in r.items() if k in ("params", "G", "D")), r
-    loops = [r for r in records if r["kind"] == "loop_check"]
+    loops = [r for r in records if r["kind"] == "loop_check" and r["family"] == family]
     assert len(loops) == len(steps)
     for r in loops:
         assert r["traces"] == 0 and r["compiles"] == 0 and r["transfer_guard_ok"] and r["ok"], r
