@@ -79,7 +79,6 @@ def _cli(*args, env_extra=None):
 CLI_CONFIG = "experiments/configs/realnvp_toy.py"
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, CLI_CONFIG)), reason="flow family not built")
 def test_cli_trains_and_resumes(tmp_path):
     wd = str(tmp_path / "run")
     r = _cli(f"--config={CLI_CONFIG}:smoke", f"--workdir={wd}", "--config.train.num_steps=10")
@@ -94,7 +93,6 @@ def test_cli_trains_and_resumes(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 16
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, CLI_CONFIG)), reason="flow family not built")
 def test_cli_rejects_bad_input(tmp_path):
     r = _cli(f"--config={CLI_CONFIG}:smoke", f"--workdir={tmp_path}", "--config.optim.learning_rate=-0.1")
     assert r.returncode == 2 and "config.optim.learning_rate = -0.1" in r.stderr and "> 0" in r.stderr

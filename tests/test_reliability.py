@@ -12,7 +12,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/configs/realnvp_toy.py"
-pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, CONFIG)), reason="flow family not built")
 ARGS = [f"--config={CONFIG}:smoke", "--config.train.num_steps=600", "--config.train.checkpoint_every=20",
         "--config.train.log_every=20"]
 
