@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -26,8 +27,8 @@ from gen_jax import viz
 from gen_jax.data import images as image_data
 from gen_jax.data import toy as toy_data
 from gen_jax.metrics import mode_coverage
-from gen_jax.train import (Checkpointer, fit, local_replica, make_mesh, read_metrics, replicate,
-                           shard_batch)
+from gen_jax.train import (Checkpointer, Interrupted, fit, interrupt_on_signals, local_replica, make_mesh,
+                           read_metrics, replicate, shard_batch)
 from gen_jax.train.parallel import check_batch_size
 
 # family name -> module with ``build(config, data) -> Task`` (explicit; nothing registers itself)
@@ -217,6 +218,23 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
     if interrupted:
         return RunResult(summary, task, state, data, interrupted)
 
+    try:
+        with interrupt_on_signals():
+            _evaluate(config, workdir, task, state, data, eval_batches, eval_key, sample_key, log_density,
+                      summary, main)
+    except Interrupted as e:
+        if main:
+            print(f"\n{e.args[0]} received during the final evaluation: training is complete and "
+                  f"checkpointed at step {summary['steps']}; rerun the same command to evaluate "
+                  f"(nothing is retrained).", file=sys.stderr, flush=True)
+        summary["interrupted"] = True
+        return RunResult(summary, task, state, data, True)
+    return RunResult(summary, task, state, data, interrupted)
+
+
+def _evaluate(config, workdir, task, state, data, eval_batches, eval_key, sample_key, log_density, summary,
+              main) -> None:
+    """The final evaluation: test metrics, samples, curves, family figures, summary.json, report.md."""
     t0 = time.perf_counter()
     summary["eval"] = {k: float(v) for k, v in task.evaluate(state, eval_key, eval_batches()).items()}
     if main:
@@ -238,7 +256,6 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         _write_report(config, summary, workdir)
-    return RunResult(summary, task, state, data, interrupted)
 
 
 def _write_report(config, summary: dict, workdir: str) -> None:

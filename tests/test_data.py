@@ -108,6 +108,20 @@ def test_image_batches_reject_bad_sizes(mock_mnist):
         images.ImageBatches(xtr, ytr, batch_size=8, num_processes=3)
 
 
+def test_image_batches_reject_wrong_dtype_shape_and_labels(mock_mnist):
+    xtr, ytr, _, _ = mock_mnist
+    with pytest.raises(ValueError, match=r"expected uint8 images .* 0\.\.255, got float32 .*floats in \[0, 1\]"):
+        images.ImageBatches(xtr.astype(np.float32) / 255.0, ytr, batch_size=8)  # wrong dtype and range
+    with pytest.raises(ValueError, match=r"got uint8 \(40, 28, 28\)"):
+        images.ImageBatches(xtr[..., 0], ytr, batch_size=8)  # missing channel axis
+    with pytest.raises(ValueError, match="channels first"):
+        images.ImageBatches(np.moveaxis(xtr, -1, 1), ytr, batch_size=8)
+    with pytest.raises(ValueError, match=r"labels of shape \(40,\), got int32 \(39,\)"):
+        images.ImageBatches(xtr, ytr[:39], batch_size=8)
+    with pytest.raises(ValueError, match="labels must be >= 0"):
+        images.ImageBatches(xtr, ytr - 100, batch_size=8)
+
+
 def test_missing_dataset_says_what_to_do(tmp_path):
     with pytest.raises(images.DatasetNotFoundError, match="not prepared in .*data_dir"):
         images.load_tfds("mnist", "train", data_dir=str(tmp_path))

@@ -1,6 +1,8 @@
 """Faults: SIGKILL mid-run then rerun == uninterrupted (bitwise on CPU); SIGTERM writes a checkpoint and
-exits cleanly; a corrupted or incompatible checkpoint is refused, not overwritten; --restart starts over."""
+exits cleanly, also during the final evaluation; a corrupted or incompatible checkpoint is refused, not
+overwritten; --restart starts over; each class of bad input fails before training, naming the value."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -126,3 +128,79 @@ def test_incompatible_checkpoint_names_the_mismatch(tmp_path):
     train_and_evaluate(_smoke(10), wd, progress=False)
     with pytest.raises(CheckpointError, match="does not match the state this config builds(.|\n)*missing"):
         train_and_evaluate(_smoke(20, num_layers=3), wd, progress=False)
+
+
+def test_sigterm_during_final_evaluation_is_reported_and_rerun_evaluates(tmp_path, monkeypatch, capsys):
+    import experiments.run as run
+
+    wd = str(tmp_path)
+    real_build = run.build_task
+
+    def build_that_is_killed_while_evaluating(config, data):
+        task = real_build(config, data)
+
+        def evaluate(*args):
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, in the middle of the evaluation
+            time.sleep(5)  # the handler runs at once; reaching the next line would mean it did not
+            return task.evaluate(*args)
+
+        return dataclasses.replace(task, evaluate=evaluate)
+
+    monkeypatch.setattr(run, "build_task", build_that_is_killed_while_evaluating)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    result = run.train_and_evaluate(_smoke(12), wd, progress=False)
+    assert result.interrupted and result.summary["steps"] == 12
+    assert "SIGTERM received during the final evaluation" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(wd, "summary.json"))
+    assert "12" in os.listdir(os.path.join(wd, "checkpoints"))
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # handler restored
+    monkeypatch.setattr(run, "build_task", real_build)
+    again = run.train_and_evaluate(_smoke(12), wd, progress=False)
+    assert not again.interrupted and again.summary["resumed_from"] == 12
+    assert again.summary["params_checksum"] == result.summary["params_checksum"]
+    assert json.load(open(os.path.join(wd, "summary.json")))["eval"]
+
+
+def _named(name, **overrides):
+    import importlib
+
+    c = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
+    for key, value in overrides.items():
+        section, leaf = key.split("__")
+        c[section][leaf] = value
+    return c
+
+
+# One case per class of bad input: each must fail before any training step, naming the value.
+BAD_INPUT = {
+    "learning rate <= 0": (("realnvp_toy", {"optim__learning_rate": 0.0}), "config.optim.learning_rate = 0.0"),
+    "T <= 0": (("ddpm_toy", {"objective__num_timesteps": 0}), "steps T must be a positive int; got 0"),
+    "beta outside (0, 1)": (("ddpm_toy", {"objective__beta_end": 1.5}), r"\(0, 1\)"),
+    "batch not divisible by devices": (("realnvp_toy", {"data__batch_size": 6}),
+                                       "batch size 6 is not divisible by the number of devices 4"),
+    "image shape vs flow levels": (("glow_mnist", {"model__num_levels": 3}),
+                                   r"\(28, 28, 1\) must have H and W divisible by 8 \(3 squeezes: num_levels=3\)"),
+    "image shape vs U-Net levels": (("ddpm_mnist", {"model__ch_mult": (1, 2, 4, 8)}),
+                                    r"28x28 must be divisible by .* = 8 \(ch_mult=\(1, 2, 4, 8\)\)"),
+    "dataset missing offline": (("glow_mnist", {"data__data_dir": "EMPTY"}), "'mnist' .*is not prepared in"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_fails_before_training_and_names_the_value(case, tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from experiments import run
+
+    (name, overrides), match = BAD_INPUT[case]
+    overrides = {k: (str(tmp_path / "empty") if v == "EMPTY" else v) for k, v in overrides.items()}
+    config = _named(name, **overrides)
+    monkeypatch.setattr(run, "fit", lambda *a, **k: pytest.fail("training started despite bad input"))
+    wd = tmp_path / "run"
+    if config.data.name == "mnist" and "data__data_dir" not in overrides:
+        with tfds.testing.mock_data(num_examples=64), pytest.raises((ValueError, FileNotFoundError), match=match):
+            run.train_and_evaluate(config, str(wd), progress=False)
+    else:
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            run.train_and_evaluate(config, str(wd), progress=False)
+    assert not (wd / "checkpoints").exists() or not os.listdir(wd / "checkpoints")

@@ -84,10 +84,29 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[np.nd
             rows = [source[i] for i in idx]
         images.append(np.stack([r["image"] for r in rows]))
         labels.append(np.asarray([r["label"] for r in rows], np.int32))
-    images = np.concatenate(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"{name}: expected uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
-    return images, np.concatenate(labels)
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    check_images(images, labels, f"tfds {name!r} ({split})")
+    return images, labels
+
+
+def check_images(images, labels, what: str = "images") -> None:
+    """Raises ValueError naming the problem unless ``images`` is uint8 [N, H, W, C] (8-bit pixels in
+    0..255, as tfds stores them: every family's pre-processing starts from that) and ``labels`` is an
+    integer array [N] with values >= 0."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        got = f"{images.dtype} {tuple(images.shape)}" if hasattr(images, "shape") else type(images).__name__
+        hint = (" (floats in [0, 1]? convert with np.round(x * 255).astype(np.uint8))"
+                if getattr(images, "dtype", None) is not None and np.issubdtype(images.dtype, np.floating) else "")
+        raise ValueError(f"{what}: expected uint8 images [N, H, W, C] with pixels in 0..255, got {got}{hint}")
+    if images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{what}: expected channels last [N, H, W, C] with C in (1, 3, 4), got shape "
+                         f"{images.shape} (channels first? use np.moveaxis(x, 1, -1))")
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what}: expected integer labels of shape ({len(images)},), got {labels.dtype} "
+                         f"{labels.shape}")
+    if len(labels) and labels.min() < 0:
+        raise ValueError(f"{what}: labels must be >= 0, got min {labels.min()}")
 
 
 @dataclasses.dataclass
@@ -108,6 +127,7 @@ class ImageBatches:
     num_processes: int = 1
 
     def __post_init__(self):
+        check_images(self.images, self.labels, "ImageBatches")
         n = len(self.images)
         if self.batch_size < 1 or self.batch_size > n:
             raise ValueError(f"batch_size must be in [1, {n}] (the dataset size), got {self.batch_size}")

@@ -156,7 +156,8 @@ class UNet(nn.Module):
         levels = len(self.ch_mult)
         if H % (2 ** (levels - 1)) != 0 or W % (2 ** (levels - 1)) != 0:
             raise ValueError(
-                f"image size {H}x{W} must be divisible by 2^(len(ch_mult)-1) = {2 ** (levels - 1)}"
+                f"image size {H}x{W} must be divisible by 2^(len(ch_mult)-1) = {2 ** (levels - 1)} "
+                f"(ch_mult={tuple(self.ch_mult)}); use fewer levels or pad the images"
             )
         temb = TimeEmbedding(self.ch, 4 * self.ch, name="temb")(t)  # [B, 4ch]
         if self.num_classes is not None:

@@ -206,13 +206,14 @@ def _preprocess(kind: str, alpha: float) -> Bijector:
     raise ValueError(f"preprocess must be 'logit' or 'affine', got {kind!r}")
 
 
-def _check_image_shape(image_shape: Sequence[int], num_squeezes: int) -> None:
+def _check_image_shape(image_shape: Sequence[int], num_squeezes: int, why: str) -> None:
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (H, W, C), got {image_shape!r}")
     h, w, _ = image_shape
     div = 2**num_squeezes
     if h % div or w % div:
-        raise ValueError(f"image_shape {tuple(image_shape)} must have H and W divisible by {div}")
+        raise ValueError(f"image_shape {tuple(image_shape)} must have H and W divisible by {div} "
+                         f"({num_squeezes} squeezes: {why}); use fewer levels or pad the images")
 
 
 class MultiScaleRealNVP(FlowModel):
@@ -258,7 +259,7 @@ class MultiScaleRealNVP(FlowModel):
     def setup(self):
         if self.num_scales < 1:
             raise ValueError(f"num_scales must be >= 1, got {self.num_scales}")
-        _check_image_shape(self.image_shape, self.num_scales - 1)
+        _check_image_shape(self.image_shape, self.num_scales - 1, f"num_scales={self.num_scales}")
         levels = []
         for _ in range(self.num_scales - 1):
             layers = []
@@ -321,7 +322,7 @@ class Glow(FlowModel):
     def setup(self):
         if self.num_levels < 1 or self.num_steps < 1:
             raise ValueError(f"need num_levels, num_steps >= 1, got {self.num_levels}, {self.num_steps}")
-        _check_image_shape(self.image_shape, self.num_levels)
+        _check_image_shape(self.image_shape, self.num_levels, f"num_levels={self.num_levels}")
         levels = []
         for lvl in range(self.num_levels):
             layers: list[Bijector] = [Squeeze()]

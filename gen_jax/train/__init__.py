@@ -1,7 +1,7 @@
 """The training engine: one train-step factory for every family, checkpoints, the loop, sharding."""
 
 from gen_jax.train.checkpoint import CheckpointError, Checkpointer
-from gen_jax.train.loop import MetricsWriter, NonFiniteError, fit, read_metrics
+from gen_jax.train.loop import Interrupted, MetricsWriter, NonFiniteError, fit, interrupt_on_signals, read_metrics
 from gen_jax.train.parallel import (check_batch_size, initialize_distributed, local_replica, make_mesh,
                                     replicate, shard_batch)
 from gen_jax.train.state import TrainState, TwoPlayerState, make_optimizer

@@ -66,9 +66,20 @@ def read_metrics(path: str) -> list[dict]:
     return out
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived inside ``interrupt_on_signals()``; ``args[0]`` is the signal's name."""
+
+
+def interrupt_on_signals():
+    """Context in which SIGTERM/SIGINT raise ``Interrupted`` (for work with no step boundary to stop
+    at, e.g. the final evaluation), instead of killing the process without a word."""
+    return _stop_on_signals(raise_now=True)
+
+
 @contextlib.contextmanager
-def _stop_on_signals():
-    """Turns SIGTERM/SIGINT into a flag checked between steps (main thread only)."""
+def _stop_on_signals(raise_now: bool = False):
+    """Turns SIGTERM/SIGINT into a flag checked between steps (main thread only), or with
+    ``raise_now`` into an ``Interrupted`` exception."""
     flag = {"signal": None}
     if jax.process_count() > 1 or not hasattr(signal, "SIGTERM"):
         yield flag
@@ -81,6 +92,8 @@ def _stop_on_signals():
                 signal.signal(signum, old[signum])
                 raise KeyboardInterrupt
             flag["signal"] = signal.Signals(signum).name
+            if raise_now:
+                raise Interrupted(flag["signal"])
 
         for s in old:
             signal.signal(s, handler)
