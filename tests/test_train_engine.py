@@ -192,7 +192,7 @@ def test_two_player_step_updates_critic_n_times_and_traces_once():
     for i in range(200):
         state, metrics = step(state, b.batch_at(i))
     assert int(state.g.step) == 200 and int(state.d.step) == 600
-    assert traces.count("g") == 1 and traces.count("d") == 1
+    assert traces == ["d"] * 3 + ["g"]  # compiled once (the 3 D updates are unrolled), never retraced
     assert {"d_loss", "g_loss", "d_grad_norm", "g_grad_norm"} <= set(metrics)
     # The generator's shift moved toward the data mean (2, 2).
     assert float(jnp.linalg.norm(state.g.params["shift"] - 2.0)) < 1.0

