@@ -27,8 +27,8 @@ from gen_jax import viz
 from gen_jax.data import images as image_data
 from gen_jax.data import toy as toy_data
 from gen_jax.metrics import mode_coverage
-from gen_jax.train import (Checkpointer, Interrupted, fit, interrupt_on_signals, local_replica, make_mesh,
-                           read_metrics, replicate, shard_batch)
+from gen_jax.train import (Checkpointer, Interrupted, fit, interrupt_on_signals, keep_state_sharding,
+                           local_replica, make_mesh, read_metrics, replicate, shard_batch, shard_state)
 from gen_jax.train.parallel import check_batch_size
 
 # family name -> module with ``build(config, data) -> Task`` (explicit; nothing registers itself)
@@ -72,6 +72,7 @@ def validate_config(config: config_dict.ConfigDict) -> None:
         _require(config, k, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     _require(config, "data.num_eval", lambda v: isinstance(v, int) and (v >= 1 or v == -1),
              "an integer >= 1, or -1 for the whole test split")
+    _require(config, "train.shard_params", lambda v: isinstance(v, bool), "True or False")
     _require(config, "optim.learning_rate", lambda v: math.isfinite(v) and v > 0, "a number > 0")
     _require(config, "optim.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)")
     _require(config, "optim.grad_clip", lambda v: v >= 0, "a number >= 0 (0: no clipping)")
@@ -179,7 +180,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
         state, _ = checkpointer.restore(state)
         if progress and main:
             print(f"resuming {workdir} from step {resumed_from}", flush=True)
-    state = replicate(state, mesh)
+    state = shard_state(state, mesh) if config.train.shard_params else replicate(state, mesh)
     state_box = [state]  # the latest state, for the density plot
     log_density = None
     if task.log_density is not None and data.kind == "toy":
@@ -188,8 +189,8 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
     samples_dir = os.path.join(workdir, "samples")
 
     def sample_hook(st, step):
+        st = state_box[0] = local_replica(st)  # on every process: gathering sharded parameters is collective
         if main:
-            st = state_box[0] = local_replica(st)
             _save_samples(task, st, jax.random.fold_in(sample_key, step), data, 64 if data.kind == "image"
                           else 2000, os.path.join(samples_dir, f"step_{step:07d}.png"))
 
@@ -205,7 +206,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
     batch_axis = 0
     t0 = time.perf_counter()
     state, interrupted = fit(
-        state, task.train_step, train_batches, num_steps=config.train.num_steps, workdir=workdir,
+        state, keep_state_sharding(task.train_step, state, mesh), train_batches, num_steps=config.train.num_steps, workdir=workdir,
         checkpointer=checkpointer, checkpoint_every=config.train.checkpoint_every,
         log_every=config.train.log_every, hooks=hooks, max_nonfinite=config.train.max_nonfinite,
         put_batch=lambda b: shard_batch(b, mesh, batch_axis), progress=progress, is_main_process=main)

@@ -34,6 +34,7 @@ def base_config(
     c.train = config_dict.ConfigDict(dict(
         num_steps=num_steps, log_every=100, eval_every=0, sample_every=0, checkpoint_every=1000,
         keep_checkpoints=3, max_nonfinite=100,
+        shard_params=False,  # True: shard large parameters and optimizer state over the devices (FSDP)
     ))
     c.eval = config_dict.ConfigDict(dict(num_samples=2500))
     c.model = config_dict.ConfigDict()

@@ -2,13 +2,15 @@
 
 from gen_jax.train.checkpoint import CheckpointError, Checkpointer
 from gen_jax.train.loop import Interrupted, MetricsWriter, NonFiniteError, fit, interrupt_on_signals, read_metrics
-from gen_jax.train.parallel import (check_batch_size, initialize_distributed, local_replica, make_mesh,
-                                    replicate, shard_batch)
+from gen_jax.train.parallel import (check_batch_size, initialize_distributed, keep_state_sharding,
+                                    local_replica, make_mesh, replicate, shard_batch, shard_state)
 from gen_jax.train.state import TrainState, TwoPlayerState, make_optimizer
 from gen_jax.train.steps import make_train_step, make_two_player_step
 
 __all__ = [
-    "CheckpointError", "Checkpointer", "MetricsWriter", "NonFiniteError", "fit", "read_metrics",
-    "check_batch_size", "initialize_distributed", "local_replica", "make_mesh", "replicate", "shard_batch", "TrainState", "TwoPlayerState",
-    "make_optimizer", "make_train_step", "make_two_player_step",
+    "CheckpointError", "Checkpointer", "Interrupted", "MetricsWriter", "NonFiniteError", "fit",
+    "interrupt_on_signals", "read_metrics",
+    "check_batch_size", "initialize_distributed", "keep_state_sharding", "local_replica", "make_mesh", "replicate", "shard_batch",
+    "shard_state",
+    "TrainState", "TwoPlayerState", "make_optimizer", "make_train_step", "make_two_player_step",
 ]

@@ -1,9 +1,13 @@
 """Data parallelism with ``jax.jit`` + ``NamedSharding`` over a 1D device mesh (no pmap).
 
-The batch is sharded along the mesh's ``'data'`` axis and the training state is replicated; the
-compiled step then computes per-device gradients and XLA inserts the all-reduce. One device is the
-degenerate case of the same code path. With several processes (``jax.distributed``), each process
-passes its local rows and :func:`shard_batch` assembles the global batch.
+The batch is sharded along the mesh's ``'data'`` axis and the training state is replicated
+(:func:`replicate`); the compiled step then computes per-device gradients and XLA inserts the
+all-reduce. One device is the degenerate case of the same code path. With several processes
+(``jax.distributed``), each process passes its local rows and :func:`shard_batch` assembles the global
+batch. For models whose state does not fit on every device, :func:`shard_state` shards the large
+parameters and their optimizer moments along the same axis (FSDP / ZeRO-3 style): the step is
+unchanged, and XLA's SPMD partitioner gathers each parameter where it is used and reduce-scatters its
+gradient.
 """
 
 from __future__ import annotations
@@ -41,17 +45,57 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     With several processes every process passes the same values (same seed, or the same restored
     checkpoint) and each places them on its own devices.
     """
-    sharding = NamedSharding(mesh, P())
+    return _place(tree, lambda x: NamedSharding(mesh, P()))
+
+
+def shard_state(tree: Any, mesh: Mesh, min_size: int = 2**14) -> Any:
+    """Like :func:`replicate`, but every array leaf with at least ``min_size`` elements is split along
+    its largest axis that the device count divides (FSDP): each device then holds ``1/N`` of the large
+    parameters, their optimizer moments and EMA. Small or indivisible leaves stay replicated.
+    """
+    n = mesh.devices.size
+
+    def sharding(x):
+        shape = np.shape(x)
+        if n == 1 or np.prod(shape, dtype=np.int64) < min_size:
+            return NamedSharding(mesh, P())
+        axes = [a for a in np.argsort(shape)[::-1] if shape[a] % n == 0]
+        if not axes:
+            return NamedSharding(mesh, P())
+        spec = [None] * len(shape)
+        spec[axes[0]] = DATA_AXIS
+        return NamedSharding(mesh, P(*spec))
+
+    return _place(tree, sharding)
+
+
+def keep_state_sharding(step, state: Any, mesh: Mesh):
+    """``step`` compiled so that the state it returns has exactly the shardings of ``state`` (as
+    placed by :func:`replicate` or :func:`shard_state`) and the metrics are replicated.
+
+    Without this the partitioner may choose other output shardings (e.g. shard a small bias that was
+    replicated), and the next call, seeing new input shardings, would compile the step again.
+    """
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(step, out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+
+
+def _place(tree: Any, sharding_of) -> Any:
     if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
+        return jax.tree.map(lambda x: jax.device_put(x, _key_or(sharding_of, x)), tree)
 
     def put(x):
         if _is_key(x):
             return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+        return jax.make_array_from_callback(x.shape, sharding_of(x), lambda index: x[index])
 
     return jax.tree.map(put, tree)
+
+
+def _key_or(sharding_of, x):
+    """Typed PRNG keys are tiny: always replicated."""
+    return sharding_of(np.zeros(())) if _is_key(x) else sharding_of(x)
 
 
 def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
@@ -81,8 +125,22 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 
 
 def local_replica(tree: Any) -> Any:
-    """This process's copy of a replicated pytree, on one local device (no communication).
+    """This process's full copy of a pytree placed by :func:`replicate` or :func:`shard_state`, on one
+    local device: replicated leaves without communication, sharded leaves gathered.
 
     Sampling and evaluation then run per process without a cross-process collective.
     """
-    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
+    device = jax.local_devices()[0]
+
+    def one(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if x.is_fully_replicated:
+            return x.addressable_data(0)
+        if not x.is_fully_addressable:  # sharded across processes: every process gathers it
+            from jax.experimental import multihost_utils
+
+            return jax.device_put(multihost_utils.process_allgather(x, tiled=True), device)
+        return jax.device_put(x, device)
+
+    return jax.tree.map(one, tree)
