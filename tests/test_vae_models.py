@@ -1,5 +1,6 @@
 """VAE networks, the engine objective (make_vae_loss), samplers, and that training lowers the loss."""
 
+import functools
 import math
 
 import jax
@@ -16,7 +17,8 @@ def test_public_names_importable():
         assert getattr(vae, name) is not None, name
 
 
-@pytest.mark.parametrize("factory", [vae.mlp_vae, vae.conv_vae])
+@pytest.mark.parametrize("factory", [vae.mlp_vae, vae.conv_vae,
+                                     functools.partial(vae.conv_vae, upsample="subpixel")])
 def test_shapes(factory):
     x = jnp.zeros((3, 8, 8, 1))
     model = factory((8, 8, 1), latent_dim=5, num_params=2, **({"hidden": (16,)} if factory is vae.mlp_vae

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen_jax.nn import Upsample2x
+
 Activation = Callable[[jax.Array], jax.Array]
 
 
@@ -110,6 +112,8 @@ class ConvDecoder(nn.Module):
       features: channels of the transposed convs, from coarse to fine (each doubles H and W).
       dense: width of the dense layer after z (0: none).
       activation: nonlinearity.
+      upsample: ``'transpose'`` (3x3 stride-2 transposed convolutions) or ``'subpixel'``
+        (:class:`gen_jax.nn.Upsample2x`: represents the same layers exactly, several times faster on CPU).
     """
 
     event_shape: Sequence[int]
@@ -117,6 +121,7 @@ class ConvDecoder(nn.Module):
     features: Sequence[int] = (64, 32)
     dense: int = 256
     activation: Activation = nn.relu
+    upsample: str = "transpose"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
@@ -133,7 +138,7 @@ class ConvDecoder(nn.Module):
         h = self.activation(nn.Dense(h0 * w0 * self.features[0])(h))
         h = h.reshape(z.shape[0], h0, w0, self.features[0])  # [B, H/f, W/f, F0]
         for f in self.features:
-            h = self.activation(nn.ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME")(h))
+            h = self.activation(Upsample2x(f, self.upsample, kernel=3)(h))
         return nn.Conv(self.num_params * channels, (3, 3), padding="SAME",
                        name="likelihood_params")(h)  # [B, H, W, P*C]
 
@@ -186,13 +191,15 @@ def mlp_vae(event_shape: Sequence[int], *, latent_dim: int, num_params: int,
 
 def conv_vae(event_shape: Sequence[int], *, latent_dim: int, num_params: int,
              features: Sequence[int] = (32, 64), dense: int = 256,
-             activation: Activation = nn.relu) -> VAE:
-    """A VAE with conv encoder and mirrored transposed-conv decoder for images ``(H, W, C)``."""
+             activation: Activation = nn.relu, upsample: str = "transpose") -> VAE:
+    """A VAE with conv encoder and mirrored upsampling decoder for images ``(H, W, C)`` (``upsample``:
+    see :class:`ConvDecoder`)."""
     if len(event_shape) != 3:
         raise ValueError(f"conv_vae needs an image event_shape (H, W, C), got {tuple(event_shape)}.")
     return VAE(
         encoder=ConvEncoder(latent_dim=latent_dim, features=tuple(features), dense=dense,
                             activation=activation),
         decoder=ConvDecoder(event_shape=tuple(event_shape), num_params=num_params,
-                            features=tuple(reversed(features)), dense=dense, activation=activation),
+                            features=tuple(reversed(features)), dense=dense, activation=activation,
+                            upsample=upsample),
         latent_dim=latent_dim)
