@@ -537,6 +537,51 @@ def jitted_init(task) -> Callable:
     return jax.jit(task.init)
 
 
+def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """``{instruction name: (opcode, source op_name from its metadata)}`` of a compiled HLO module."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .+? ([\w\-]+)\(", line)
+        if m:
+            meta = re.search(r'op_name="([^"]+)"', line)
+            out[m.group(1)] = (m.group(2), meta.group(1) if meta else "")
+    return out
+
+
+def profile_ops(step: Callable, state, batch, hlo_text: str, steps: int = 2, top: int = 8) -> tuple[Any, dict]:
+    """Runs ``steps`` steps under ``jax.profiler`` and attributes the time to the step's HLO
+    instructions (events named like an instruction of ``hlo_text``; device planes when there are any,
+    else the host's XLA threads). Returns ``(state, {"ops": [...top ops...], "covered": fraction})``:
+    each op with its time per step, share of the step, opcode and the source op it came from
+    (``transpose(jvp(...))`` marks a backward pass)."""
+    import jax
+    from jax.profiler import ProfileData
+
+    names = hlo_instructions(hlo_text)
+    with tempfile.TemporaryDirectory(prefix="gen_jax_profile_") as trace_dir:
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        with jax.profiler.trace(trace_dir):
+            for _ in range(steps):
+                state, metrics = step(state, batch)
+            jax.block_until_ready((state, metrics))
+        wall = (time.perf_counter() - t0) / steps
+        files = [os.path.join(d, f) for d, _, fs in os.walk(trace_dir) for f in fs if f.endswith(".xplane.pb")]
+        totals: dict[str, float] = {}
+        if files:
+            planes = list(ProfileData.from_file(files[0]).planes)
+            device = [pl for pl in planes if pl.name.startswith("/device:")]
+            for plane in device or planes:
+                for line in plane.lines:
+                    for ev in line.events:
+                        if ev.name in names:
+                            totals[ev.name] = totals.get(ev.name, 0.0) + ev.duration_ns * 1e-9 / steps
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    ops = [{"op": name, "opcode": names[name][0], "source": names[name][1], "s_per_step": secs,
+            "fraction": secs / wall} for name, secs in ranked[:top]]
+    return state, {"ops": ops, "covered": sum(totals.values()) / wall, "profiled_step_s": wall}
+
+
 def measure_config(entry: Entry, suite: Suite, peak_flops: float, warm_cache: bool) -> list[dict]:
     """Compile (cold, warm), step time, FLOPs, memory and the loop check of one config."""
     import jax
@@ -574,6 +619,8 @@ def measure_config(entry: Entry, suite: Suite, peak_flops: float, warm_cache: bo
     if flops:
         rec.update(_fractions(flops, stats["median_s"], probe, peak_flops))
     records.append(dict(rec, **memory, **process_peak_memory()))
+    state, prof = profile_ops(task.train_step, state, batch, compiled.as_text())
+    records.append(dict(base, kind="profile", **prof))
     records.append(dict(base, kind="loop_check", **loop_check(task, state, batch, suite.loop_steps, stats["median_s"]),
                         data_source_transfers=data_source_transfers(data, batch_size)))
     return records
@@ -1127,6 +1174,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
         "| " + " | ".join(r) + " |" for r in rows]
 
 
+def _short_source(op_name: str, keep: int = 90) -> str:
+    op_name = op_name.replace("jit(step)/", "").replace("jit(main)/", "")
+    return op_name if len(op_name) <= keep else "..." + op_name[-keep:]
+
+
 def render_markdown(result: dict) -> str:
     """The report's tables (environment, per-config, then one table per cross-config measurement)."""
     env, records = result["env"], result["records"]
@@ -1179,6 +1231,19 @@ def render_markdown(result: dict) -> str:
         lines += _table(["family", "config", "size", "params", "batch", "compile cold s", "compile warm s",
                          "step ms", "examples/s", "GFLOP/step", "GFLOP/s", "% peak", "% run peak", "mem MB", "loop"],
                         rows)
+        lines.append("")
+    if by("profile"):
+        lines += ["## Where each step's time goes (top XLA ops, `jax.profiler`)", "",
+                  "Two steps traced after the timed ones; each op's time per step and share of the step "
+                  "(`covered` = all attributed op time / step time; ops can overlap on several threads). "
+                  "`source` is the op's JAX origin: `transpose(jvp(...))` is a backward pass.", ""]
+        prof_rows = []
+        for r in by("profile"):
+            for op in r["ops"][:5]:
+                prof_rows.append([r["config"], op["op"], op["opcode"], _short_source(op["source"]),
+                                  _ms(op["s_per_step"]), _pct(op["fraction"])])
+            prof_rows.append([r["config"], "(all ops)", "", "", _ms(r["profiled_step_s"]), _pct(r["covered"])])
+        lines += _table(["config", "op", "opcode", "source", "ms/step", "% of step"], prof_rows)
         lines.append("")
     if by("op_by_op"):
         lines += ["## jit vs op-by-op (`jax.disable_jit()`)", ""]

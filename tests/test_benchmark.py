@@ -153,6 +153,27 @@ def test_loop_check_catches_an_implicit_transfer():
     assert not out["ok"] and not out["transfer_guard_ok"] and "host-to-device" in out["transfer_error"], out
 
 
+def test_profile_attributes_the_step_time_to_its_hlo_ops():
+    """A step dominated by one big matmul: the profile must name that dot (or the fusion holding it) as
+    the top op with most of the step's time, and point back to the source op."""
+    import jax.numpy as jnp
+
+    @jax.jit
+    def step(state, batch):
+        return state + 1.0, {"y": batch @ batch}
+
+    batch = jax.random.normal(jax.random.key(0), (768, 768))
+    state = jnp.zeros(())
+    hlo = step.lower(state, batch).compile().as_text()
+    ops = benchmark.hlo_instructions(hlo)
+    assert any(opcode in ("dot", "fusion", "custom-call") for opcode, _ in ops.values())
+    state, prof = benchmark.profile_ops(step, state, batch, hlo, steps=3)
+    assert float(state) == 3.0 and prof["ops"], prof
+    top = prof["ops"][0]
+    assert top["opcode"] in ("dot", "fusion", "custom-call") and "dot_general" in top["source"], prof
+    assert 0.3 < top["fraction"] <= 1.5 and top["s_per_step"] > 0, prof
+
+
 def test_targets_are_judged_from_the_records():
     conv = {"kind": "step", "size": "mnist", "batch": 128, "config": "c", "peak_fraction": 0.5}
     sampler = {"kind": "sampler", "config": "d", "sampler": "ddim", "steps": 50, "overhead_ratio": 1.05}
