@@ -111,9 +111,9 @@ def make_two_player_step(
                                                  jax.random.fold_in(d_rng, i))
             return d, dict(metrics, d_loss=loss)
 
-        # Unrolled, not a lax.scan: inside the scan (even of length 1) XLA CPU ran the weight gradient
-        # of D's strided convolution on a slow generic path (4.3 s of a 5.5 s DCGAN step at batch 128;
-        # 0.54 s for the whole step unrolled).
+        # Unrolled, not a lax.scan: from inside the scan (even of length 1) XLA CPU compiled the weight
+        # gradient of D's strided convolution into a far slower kernel (4.3 s of a 5.5 s DCGAN step at
+        # batch 128; 0.54 s for the whole step unrolled). See experiments/BENCHMARKS.md.
         d = state.d
         for i in range(n_critic):
             d, d_metrics = d_update(d, i)
