@@ -100,6 +100,14 @@ def test_image_order_deterministic_resumable_and_sharded(mock_mnist):
     np.testing.assert_array_equal(np.concatenate([p["x"] for p in parts]), seq[9]["x"])
 
 
+def test_toy_batches_make_no_implicit_transfer():
+    batches = toy.ToyBatches(toy.ring8(), 16, seed=3)
+    first = batches.batch_at(7)["x"]
+    with jax.transfer_guard("disallow"):  # would raise on a Python int turned into a device array
+        again = batches.batch_at(7)["x"]
+    np.testing.assert_array_equal(first, again)
+
+
 def test_image_batches_reject_bad_sizes(mock_mnist):
     xtr, ytr, _, _ = mock_mnist
     with pytest.raises(ValueError, match="batch_size must be in \\[1, 40\\]"):

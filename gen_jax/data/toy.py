@@ -238,10 +238,11 @@ class ToyBatches:
         self.dist, self.batch_size = dist, batch_size
         self._key = jax.random.fold_in(jax.random.key(seed), process_index)
         local = batch_size // num_processes
-        self._sample = jax.jit(lambda k: dist.sample(k, local))
+        self._sample = jax.jit(lambda key, step: dist.sample(jax.random.fold_in(key, step), local))
 
     def batch_at(self, step: int) -> dict[str, jax.Array]:
-        return {"x": self._sample(jax.random.fold_in(self._key, step))}
+        # the step index goes to the device explicitly: no implicit transfer (transfer_guard-clean)
+        return {"x": self._sample(self._key, jax.device_put(np.uint32(step)))}
 
     def __call__(self, start_step: int = 0):
         step = start_step
