@@ -470,6 +470,12 @@ def flops_of(cost: Any) -> float | None:
     return float(cost["flops"])
 
 
+def hlo_computations(hlo_text: str) -> dict[str, str]:
+    """``{computation name: its text}`` of an HLO module."""
+    blocks = re.split(r"\n(?=(?:ENTRY )?%[\w.\-]+ )", hlo_text)
+    return {m.group(1): b for b in blocks if (m := re.match(r"(?:ENTRY )?%([\w.\-]+) ", b))}
+
+
 def loops_with_matmuls(hlo_text: str) -> int:
     """Number of while loops in an HLO module whose body (transitively) holds a dot or convolution.
 
@@ -477,8 +483,7 @@ def loops_with_matmuls(hlo_text: str) -> int:
     ``lax.scan`` over D updates) the reported FLOPs are a lower bound. PRNG loops (threefry) carry no
     dot and do not count.
     """
-    blocks = re.split(r"\n(?=(?:ENTRY )?%[\w.\-]+ )", hlo_text)
-    comps = {m.group(1): b for b in blocks if (m := re.match(r"(?:ENTRY )?%([\w.\-]+) ", b))}
+    comps = hlo_computations(hlo_text)
 
     def has_matmul(name: str, seen: set) -> bool:
         if name in seen or name not in comps:
@@ -537,14 +542,18 @@ def jitted_init(task) -> Callable:
     return jax.jit(task.init)
 
 
-def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """``{instruction name: (opcode, source op_name from its metadata)}`` of a compiled HLO module."""
+def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str, str]]:
+    """``{instruction name: (opcode, source op_name from its metadata, body)}`` of a compiled HLO
+    module; ``body`` is the text of the computation a fusion calls ('' for other instructions)."""
+    comps = hlo_computations(hlo_text)
     out = {}
     for line in hlo_text.splitlines():
         m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .+? ([\w\-]+)\(", line)
         if m:
             meta = re.search(r'op_name="([^"]+)"', line)
-            out[m.group(1)] = (m.group(2), meta.group(1) if meta else "")
+            called = re.search(r"calls=%([\w.\-]+)", line)
+            body = comps.get(called.group(1), "") if called and m.group(2) == "fusion" else ""
+            out[m.group(1)] = (m.group(2), meta.group(1) if meta else "", body)
     return out
 
 
@@ -577,9 +586,38 @@ def profile_ops(step: Callable, state, batch, hlo_text: str, steps: int = 2, top
                         if ev.name in names:
                             totals[ev.name] = totals.get(ev.name, 0.0) + ev.duration_ns * 1e-9 / steps
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])
-    ops = [{"op": name, "opcode": names[name][0], "source": names[name][1], "s_per_step": secs,
+    ops = [{"op": name, "opcode": names[name][0], "source": names[name][1] or _fused_source(names[name][2]),
+            "s_per_step": secs,
             "fraction": secs / wall} for name, secs in ranked[:top]]
-    return state, {"ops": ops, "covered": sum(totals.values()) / wall, "profiled_step_s": wall}
+    kinds: dict[str, float] = {}
+    for name, secs in totals.items():
+        kind = op_kind(name, *names[name])
+        kinds[kind] = kinds.get(kind, 0.0) + secs / wall
+    return state, {"ops": ops, "covered": sum(totals.values()) / wall, "profiled_step_s": wall,
+                   "by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+
+
+OP_KINDS = ("convolution", "matmul", "layout (copy/transpose)", "reduction", "element-wise / other")
+
+
+def _fused_source(body: str) -> str:
+    """The source op of the first convolution or dot inside a fusion's body, else ''."""
+    m = re.search(r"(?:convolution|dot)\(.*?op_name=\"([^\"]+)\"", body)
+    return m.group(1) if m else ""
+
+
+def op_kind(name: str, opcode: str, source: str, body: str = "") -> str:
+    """One of ``OP_KINDS`` for an HLO instruction: a fusion that contains a convolution (dot) counts as
+    one; other fusions are classed by their JAX source op or by the kinds XLA names them after."""
+    if opcode == "convolution" or source.endswith("conv_general_dilated") or re.search(r"\bconvolution\(", body):
+        return "convolution"
+    if opcode == "dot" or source.endswith("dot_general") or re.search(r"\bdot\(", body):
+        return "matmul"
+    if opcode in ("copy", "transpose") or "copy" in name or "transpose" in name:
+        return "layout (copy/transpose)"
+    if opcode == "reduce" or "reduce" in name or source.endswith(("reduce_sum", "reduce_max")):
+        return "reduction"
+    return "element-wise / other"
 
 
 def measure_config(entry: Entry, suite: Suite, peak_flops: float, warm_cache: bool) -> list[dict]:
@@ -1244,6 +1282,10 @@ def render_markdown(result: dict) -> str:
                                   _ms(op["s_per_step"]), _pct(op["fraction"])])
             prof_rows.append([r["config"], "(all ops)", "", "", _ms(r["profiled_step_s"]), _pct(r["covered"])])
         lines += _table(["config", "op", "opcode", "source", "ms/step", "% of step"], prof_rows)
+        lines += ["", "Share of the step by kind of op (`op_kind`: a fusion holding a convolution or dot counts as one, "
+                  "others by their root op), summed over threads, so a row can exceed 100%:", ""]
+        lines += _table(["config", *OP_KINDS],
+                        [[r["config"], *(_pct(r.get("by_kind", {}).get(k)) for k in OP_KINDS)] for r in by("profile")])
         lines.append("")
     if by("op_by_op"):
         lines += ["## jit vs op-by-op (`jax.disable_jit()`)", ""]

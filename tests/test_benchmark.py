@@ -166,12 +166,13 @@ def test_profile_attributes_the_step_time_to_its_hlo_ops():
     state = jnp.zeros(())
     hlo = step.lower(state, batch).compile().as_text()
     ops = benchmark.hlo_instructions(hlo)
-    assert any(opcode in ("dot", "fusion", "custom-call") for opcode, _ in ops.values())
+    assert any(opcode in ("dot", "fusion", "custom-call") for opcode, _, _ in ops.values())
     state, prof = benchmark.profile_ops(step, state, batch, hlo, steps=3)
     assert float(state) == 3.0 and prof["ops"], prof
     top = prof["ops"][0]
     assert top["opcode"] in ("dot", "fusion", "custom-call") and "dot_general" in top["source"], prof
     assert 0.3 < top["fraction"] <= 1.5 and top["s_per_step"] > 0, prof
+    assert max(prof["by_kind"], key=prof["by_kind"].get) == "matmul", prof["by_kind"]
 
 
 def test_targets_are_judged_from_the_records():
