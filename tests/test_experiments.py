@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from ml_collections import config_dict
 
 import experiments.configs
 from experiments import quickstart
@@ -37,6 +38,23 @@ def test_config_and_smoke_variant_validate(name):
     validate_config(full)
     validate_config(smoke)
     assert smoke.train.num_steps <= full.train.num_steps
+
+
+def _plain_none_leaves(node, prefix=""):
+    """Keys whose value is a bare None: the CLI cannot override those (ml_collections needs a type)."""
+    out = []
+    for key, value in node._fields.items():
+        if isinstance(value, config_dict.ConfigDict):
+            out += _plain_none_leaves(value, f"{prefix}{key}.")
+        elif value is None:
+            out.append(prefix + key)
+    return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_value_can_be_overridden_from_the_cli(name):
+    for arg in (None, "smoke"):
+        assert _plain_none_leaves(_config(name, arg)) == [], "use config_dict.placeholder(type) for optional values"
 
 
 # Accelerator-sized models: their smoke runs compile large programs, so they run with -m slow.

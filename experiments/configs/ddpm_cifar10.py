@@ -10,6 +10,8 @@ Samples: 1000-step ancestral sampling with sigma_t^2 = beta_t as in the paper ('
         --workdir runs/ddpm_cifar10 --config.data.data_dir=../shared/data/tfds
 """
 
+from ml_collections import config_dict
+
 from experiments.configs.common import base_config, shrink_for_smoke
 from experiments.configs.ddpm_toy import diffusion_objective
 
@@ -37,7 +39,7 @@ def get_config(arg=None):
     c.eval.ddim_eta = 0.0
     c.eval.ddim_spacing = "quadratic"
     c.eval.clip_x0 = True
-    c.eval.guidance_scale = None
+    c.eval.guidance_scale = config_dict.placeholder(float)  # classifier-free guidance (class-conditional models)
     c.eval.bound_examples = 1000
     c.eval.bound_batch_size = 250
     c.eval.bound_t_chunk = 4

@@ -10,6 +10,8 @@ images: 1000 U-Net calls per image, a few minutes on CPU for 100 images.
         --workdir runs/ddpm_mnist --config.data.data_dir=../shared/data/tfds
 """
 
+from ml_collections import config_dict
+
 from experiments.configs.common import base_config, shrink_for_smoke
 from experiments.configs.ddpm_toy import diffusion_objective
 
@@ -36,7 +38,7 @@ def get_config(arg=None):
     c.eval.ddim_eta = 0.0
     c.eval.ddim_spacing = "uniform"
     c.eval.clip_x0 = True
-    c.eval.guidance_scale = None
+    c.eval.guidance_scale = config_dict.placeholder(float)  # classifier-free guidance (class-conditional models)
     c.eval.bound_examples = 100
     c.eval.bound_batch_size = 50
     c.eval.bound_t_chunk = 2

@@ -6,6 +6,8 @@ true entropy. ``get_config('smoke')`` runs in seconds on CPU.
     python -m experiments.train --config experiments/configs/ddpm_toy.py --workdir runs/ddpm_toy
 """
 
+from ml_collections import config_dict
+
 from experiments.configs.common import base_config, shrink_for_smoke
 
 
@@ -42,7 +44,7 @@ def get_config(arg=None):
     c.eval.ddim_eta = 0.0
     c.eval.ddim_spacing = "uniform"
     c.eval.clip_x0 = False
-    c.eval.guidance_scale = None
+    c.eval.guidance_scale = config_dict.placeholder(float)  # classifier-free guidance (class-conditional models)
     c.eval.bound_examples = 500  # held-out points for the variational bound (T MLP calls each)
     c.eval.bound_batch_size = 500
     c.eval.bound_t_chunk = 8

@@ -4,6 +4,8 @@ with learned per-dimension variance. ``get_config('smoke')`` runs in seconds on 
     python -m experiments.train --config experiments/configs/vae_toy.py --workdir runs/vae_toy
 """
 
+from ml_collections import config_dict
+
 from experiments.configs.common import base_config, shrink_for_smoke
 
 
@@ -19,7 +21,7 @@ def get_config(arg=None):
     c.objective.kl = "analytic"
     c.objective.beta = 1.0
     c.objective.iwae_k = 1
-    c.objective.binarize = None
+    c.objective.binarize = config_dict.placeholder(str)
     c.eval.iwae_k = 1000  # importance samples of the held-out log p(x) (nll_nats)
     c.eval.chunk_size = 250
     c.eval.elbo_samples = 1
