@@ -3,6 +3,7 @@
 prior, uniform dequantization. 0.46M parameters; one train step at batch 64 costs ~0.75 CPU-seconds
 (~0.4 s on 2 idle cores), so 8000 steps are about an hour. The aim is <= 1.2 bits/dim on the MNIST
 test set after that hour (published: RealNVP 1.06, Glow 1.05, with far larger models and budgets).
+Measured: 1.198 bits/dim on the full test set after the 8000 steps (101 CPU-minutes; README).
 ``get_config('smoke')`` runs in seconds on CPU.
 
 Pre-processing: logit(alpha + (1 - 2 alpha) x) with alpha = 1e-6 (as MAF on MNIST), not Glow's
