@@ -1,6 +1,7 @@
 """DDPM on MNIST (8-bit, scaled to [-1, 1]), sized for a CPU: a small U-Net (ch=16, ch_mult=(1, 2, 4),
 one residual block per level, self-attention at 7x7; 0.69M parameters, ~26 GFLOP per step at batch
-64), T = 1000 linear schedule, L_simple, EMA. About an hour on 2 CPU cores for 8000 steps. Samples use
+64), T = 1000 linear schedule, L_simple, EMA. About an hour on 2 CPU cores for 8000 steps. Measured:
+4000 steps (53 CPU-minutes) give a bound of 2.245 bits/dim on 100 test images and digit samples (README). Samples use
 DDIM (100 steps; the DDPM-vs-DDIM figure also runs all 1000 ancestral steps). ``evaluate`` reports the
 variational bound in bits/dim (all 1000 terms, discretised decoder) on ``eval.bound_examples`` test
 images: 1000 U-Net calls per image, a few minutes on CPU for 100 images.
