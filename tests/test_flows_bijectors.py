@@ -5,30 +5,14 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
 
+from flow_test_utils import FAST_COMPILE, key, perturb  # noqa: F401 (key: fixture)
 from gen_jax import flows
 
 
-@pytest.fixture
-def key():
-    # The test math does not depend on the PRNG; rbg keys compile ~5x faster than threefry on CPU.
-    return jax.random.key(0, impl="unsafe_rbg")
-
-
-def perturb(variables, key, scale):
-    """Adds N(0, scale^2) noise to every parameter (trained-looking, not zero-init, parameters)."""
-    flat, unravel = ravel_pytree(variables)
-    return unravel(flat + scale * jax.random.normal(key, flat.shape, flat.dtype))
-
-
-# Compiling dominates these tests; XLA's backend optimisations are not worth their time here.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3), compiler_options=_FAST_COMPILE)
+@functools.partial(jax.jit, static_argnums=(0, 3), compiler_options=FAST_COMPILE)
 def _log_det_report(module, key, x, scale):
     """Init on ``x`` (float32), perturb, then in float64: explicit log-dets, round trip and the
     slogdet of the autodiff Jacobian, all in one compiled call (compiling is the slow part)."""

@@ -8,28 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.flatten_util import ravel_pytree
 
+from flow_test_utils import FAST_COMPILE, key, perturb  # noqa: F401 (key: fixture)
 from gen_jax import flows
 
 
-@pytest.fixture
-def key():
-    # The test math does not depend on the PRNG; rbg keys compile ~5x faster than threefry on CPU.
-    return jax.random.key(0, impl="unsafe_rbg")
-
-
-def perturb(variables, key, scale):
-    """Adds N(0, scale^2) noise to every parameter (trained-looking, not zero-init, parameters)."""
-    flat, unravel = ravel_pytree(variables)
-    return unravel(flat + scale * jax.random.normal(key, flat.shape, flat.dtype))
-
-
-# Compiling dominates these tests; XLA's backend optimisations are not worth their time here.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3), compiler_options=_FAST_COMPILE)
+@functools.partial(jax.jit, static_argnums=(0, 3), compiler_options=FAST_COMPILE)
 def _model_report(model, key, x, scale):
     """Init (data-dependent) on ``x``, perturb, then in float64: log-dets, round trip, slogdet(jacfwd)."""
     variables = perturb(model.init(key, x.astype(jnp.float32)), jax.random.fold_in(key, 1), scale)
