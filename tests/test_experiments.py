@@ -76,6 +76,25 @@ def test_smoke_run(name, tmp_path):
     assert os.path.getsize(tmp_path / "samples.png") > 1000
     assert len(open(tmp_path / "metrics.jsonl").readlines()) >= 1
     assert os.listdir(tmp_path / "checkpoints")
+    ev = summary["eval"]
+    if "diffusion_bpd" in ev:  # the decades of t add up to the KL part of the bound
+        decades = [v for k, v in ev.items() if k.startswith("kl_t")]
+        assert len(decades) >= 1 and sum(decades) == pytest.approx(ev["diffusion_bpd"], rel=1e-5)
+
+
+@pytest.mark.parametrize("T, keys", [(1000, ["kl_t2_10", "kl_t11_100", "kl_t101_1000"]),
+                                     (20, ["kl_t2_10", "kl_t11_20"]), (4000, None)])
+def test_diffusion_bound_by_decade_of_t(T, keys):
+    from experiments.tasks.diffusion import _kl_by_decade
+    terms = np.random.default_rng(T).random(T)
+    parts = _kl_by_decade(terms)
+    if keys is not None:
+        assert list(parts) == keys
+    else:
+        assert list(parts)[-1] == "kl_t1001_4000"
+    assert sum(parts.values()) == pytest.approx(terms[1:].sum(), rel=1e-12)  # t = 1 (L_0) excluded
+    if T == 1000:
+        assert parts["kl_t11_100"] == pytest.approx(terms[10:100].sum(), rel=1e-12)
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ Samples use the EMA parameters (``state.eval_params``); images come back in [0, 
 returns the held-out training objective ``loss`` (L_simple with the defaults; one random t per
 example, dropout off) over all eval batches and, on the first ``eval.bound_examples`` of them, the full variational bound (all T terms):
 ``nll_nats`` (an upper bound on -log p(x)), for images ``bits_per_dim`` and its parts
-``prior_bpd`` (L_T), ``decoder_bpd`` (L_0), ``diffusion_bpd`` (L_1..L_{T-1}). The bound costs T
+``prior_bpd`` (L_T), ``decoder_bpd`` (L_0), ``diffusion_bpd`` (L_1..L_{T-1}), and the latter split by
+decades of t (``kl_t2_10_bpd``, ``kl_t11_100_bpd``, ...; for toy data all in nats). The bound costs T
 network evaluations per example (T=1000: slow on CPU; keep ``bound_examples`` small there).
 ``figures`` draws DDPM vs DDIM samples from the same noise and the reverse (denoising) trajectory.
 """
@@ -138,7 +139,9 @@ def build(config, data: DataSpec) -> Task:
         out = diffusion.variational_bound(apply_fn, params, schedule, x, key, label=label, parameterization=param,
                                           variance=ev.bound_variance, t_chunk=int(ev.bound_t_chunk))
         keys = ("nll_nats", "bits_per_dim", "prior_nats", "decoder_nats", "diffusion_nats")
-        return {k: jnp.sum(jnp.where(valid, out[k], 0.0)) for k in keys}
+        sums = {k: jnp.sum(jnp.where(valid, out[k], 0.0)) for k in keys}
+        sums["terms_nats"] = jnp.sum(jnp.where(valid[:, None], out["terms_nats"], 0.0), axis=0)  # [T]
+        return sums
 
     def evaluate(state, key: jax.Array, batches: Iterable[dict]) -> dict:
         params = state.eval_params
@@ -178,16 +181,17 @@ def build(config, data: DataSpec) -> Task:
             out = _bound_sums(params, jnp.asarray(x[sl]), None if labels is None else jnp.asarray(labels[sl]),
                               jnp.asarray(valid[sl]), jax.random.fold_in(key, j))
             for k, v in jax.device_get(out).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
         mean = {k: v / n for k, v in sums.items()}
-        res = {"nll_nats": mean["nll_nats"], "bound_examples": float(n)}
+        res = {"nll_nats": float(mean["nll_nats"]), "bound_examples": float(n)}
+        parts = {"prior": mean["prior_nats"], "decoder": mean["decoder_nats"], "diffusion": mean["diffusion_nats"]}
+        parts.update(_kl_by_decade(mean["terms_nats"]))
         if is_image:
             to_bpd = 1.0 / (float(np.prod(data.shape)) * np.log(2.0))
-            res.update(bits_per_dim=mean["bits_per_dim"], prior_bpd=mean["prior_nats"] * to_bpd,
-                       decoder_bpd=mean["decoder_nats"] * to_bpd, diffusion_bpd=mean["diffusion_nats"] * to_bpd)
+            res["bits_per_dim"] = float(mean["bits_per_dim"])
+            res.update({f"{k}_bpd": float(v) * to_bpd for k, v in parts.items()})
         else:
-            res.update(prior_nats=mean["prior_nats"], decoder_nats=mean["decoder_nats"],
-                       diffusion_nats=mean["diffusion_nats"])
+            res.update({f"{k}_nats": float(v) for k, v in parts.items()})
         return res
 
     def figures(state, key: jax.Array, outdir: str) -> list[str]:
@@ -215,6 +219,18 @@ def build(config, data: DataSpec) -> Task:
         return paths
 
     return Task(init=init, train_step=train_step, sample=sample, evaluate=evaluate, figures=figures)
+
+
+def _kl_by_decade(terms: np.ndarray) -> dict[str, float]:
+    """Sums of the KL terms L_{t-1}, t >= 2, of a per-timestep bound ``terms`` [T] (entry t - 1 is
+    the term at timestep t) over decades of t: {'kl_t2_10': t = 2..10, 'kl_t11_100': t = 11..100, ...}.
+    Shows where the bits of ``diffusion`` (their total) go."""
+    T = len(terms)
+    out, lo, hi = {}, 2, 10
+    while lo <= T:
+        out[f"kl_t{lo}_{min(hi, T)}"] = float(np.sum(terms[lo - 1:min(hi, T)]))
+        lo, hi = hi + 1, hi * 10
+    return out
 
 
 def _toy_figure(draw, params, key, data: DataSpec, n: int, outdir: str, T: int, ddim_steps: int) -> str:
