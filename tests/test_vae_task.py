@@ -46,6 +46,23 @@ def test_image_evaluate_reports_consistent_nats():
     assert samples.shape == (5, 28, 28, 1) and float(samples.min()) >= 0 and float(samples.max()) <= 1
 
 
+def test_image_evaluate_standard_error_over_examples():
+    """nll_nats_se is the standard error of the mean over test examples (sample std with ddof=1 over
+    sqrt(n)): for two examples it is |nll_0 - nll_1| / 2. The first batch is evaluated alone with the
+    same key and batch index, which gives nll_0; nll_1 follows from the mean."""
+    config = vae_mnist.get_config("smoke")
+    data = DataSpec(kind="image", shape=(28, 28, 1), name="mnist", num_classes=10, num_train=64)
+    task = vae_task.build(config, data)
+    state = task.init(jax.random.key(0))
+    rng = np.random.default_rng(1)
+    b0, b1 = ({"x": rng.integers(0, 256, (1, 28, 28, 1), dtype=np.uint8)} for _ in range(2))
+    both = task.evaluate(state, jax.random.key(3), [b0, b1])
+    nll0 = task.evaluate(state, jax.random.key(3), [b0])["nll_nats"]
+    nll1 = 2 * both["nll_nats"] - nll0
+    assert abs(nll0 - nll1) > 1.0  # two different images
+    np.testing.assert_allclose(both["nll_nats_se"], abs(nll0 - nll1) / 2, rtol=1e-3)
+
+
 def test_build_rejects_bad_config():
     data = DataSpec(kind="toy", shape=(2,), name="ring8", toy=toy.ring8())
     config = vae_toy.get_config("smoke")

@@ -13,8 +13,9 @@ Config fields read here (the rest is the common schema of experiments/configs/co
 
 Samples: toy data are drawn from p_theta(x|z), z ~ N(0, I); images are Bernoulli means (or the
 likelihood's mean) mapped to [0, 1]. ``evaluate`` returns the test ``nll_nats`` (importance-sampled,
-K = eval.iwae_k), ``bits_per_dim`` (images) and the test ELBO terms (``elbo_nats``, ``recon_nats``,
-``kl``). ``config.num_seeds > 1`` trains that many seeds at once (vmap).
+K = eval.iwae_k) with ``nll_nats_se``, its standard error over the test examples (how far a subset's
+mean may sit from the whole test set's), ``bits_per_dim`` (images) and the test ELBO terms
+(``elbo_nats``, ``recon_nats``, ``kl``). ``config.num_seeds > 1`` trains that many seeds at once (vmap).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def build(config, data: DataSpec) -> Task:
         mean, log_var = model.apply({"params": params}, x, method="encode")
         terms = vae.elbo(vae.decoder_log_likelihood(model, params, likelihood, x), mean, log_var,
                          elbo_key, num_samples=elbo_samples, kl=obj.kl)
-        return {"log_px": jnp.sum(log_px), "elbo": jnp.sum(terms.elbo),
+        return {"log_px": jnp.sum(log_px), "log_px_sq": jnp.sum(jnp.square(log_px)), "elbo": jnp.sum(terms.elbo),
                 "recon": jnp.sum(terms.recon), "kl": jnp.sum(terms.kl)}
 
     _eval_batch = jax.jit(per_seed(_eval_one, in_axes=(0, None, None, None)) if replicas else _eval_one)
@@ -150,6 +151,9 @@ def build(config, data: DataSpec) -> Task:
         result = {k: float(np.mean(v)) for k, v in per.items()}
         if replicas:
             result.update({f"{k}_std": float(np.std(v)) for k, v in per.items()})
+        if count > 1:  # standard error of the mean NLL over the test examples (sampling of the test set)
+            var = np.maximum(m["log_px_sq"] - np.square(m["log_px"]), 0.0) * count / (count - 1)
+            result["nll_nats_se"] = float(np.mean(np.sqrt(var / count)))
         result.update(iwae_k=float(iwae_k), num_examples=float(count))
         return result
 
