@@ -153,3 +153,34 @@ def test_validate_config_names_the_bad_value(key, value, match):
     config[section][name] = value
     with pytest.raises(ConfigError, match=match):
         validate_config(config)
+
+
+def test_diffusion_bound_standard_error_over_examples(monkeypatch):
+    """The bound's bits_per_dim_se is std(ddof=1) / sqrt(n) of the per-example bound over the
+    ``eval.bound_examples`` examples, with the padding of the last bound batch left out. The bound is
+    replaced by a known per-example value (the image's mean pixel) to check the bookkeeping."""
+    import jax
+
+    from experiments.tasks import diffusion as diffusion_task
+    from experiments.tasks.base import DataSpec
+    from gen_jax import diffusion
+
+    def fake_bound(apply_fn, params, schedule, x0, rng, **kw):
+        nll = x0.reshape(x0.shape[0], -1).astype(np.float32).mean(-1)
+        T, D = schedule.num_timesteps, np.prod(x0.shape[1:])
+        zero = 0.0 * nll
+        return {"nll_nats": nll, "bits_per_dim": nll / (D * np.log(2)), "prior_nats": zero, "decoder_nats": nll,
+                "diffusion_nats": zero, "terms_nats": np.zeros((1, T), np.float32) + zero[:, None]}
+
+    monkeypatch.setattr(diffusion, "variational_bound", fake_bound)
+    config = _config("ddpm_mnist", "smoke")
+    config.eval.bound_examples, config.eval.bound_batch_size = 5, 2  # 3 bound batches, one padded
+    task = diffusion_task.build(config, DataSpec(kind="image", shape=(28, 28, 1), name="mnist", num_classes=10,
+                                                 num_train=64))
+    state = task.init(jax.random.key(0))
+    x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    ev = task.evaluate(state, jax.random.key(1), [{"x": x[:4]}, {"x": x[4:]}])
+    per = x[:5].reshape(5, -1).mean(-1) / (784 * np.log(2))
+    assert ev["bound_examples"] == 5
+    np.testing.assert_allclose(ev["bits_per_dim"], per.mean(), rtol=1e-5)
+    np.testing.assert_allclose(ev["bits_per_dim_se"], per.std(ddof=1) / np.sqrt(5), rtol=1e-4)

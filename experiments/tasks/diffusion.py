@@ -22,7 +22,8 @@ returns the held-out training objective ``loss`` (L_simple with the defaults; on
 example, dropout off) over all eval batches and, on the first ``eval.bound_examples`` of them, the full variational bound (all T terms):
 ``nll_nats`` (an upper bound on -log p(x)), for images ``bits_per_dim`` and its parts
 ``prior_bpd`` (L_T), ``decoder_bpd`` (L_0), ``diffusion_bpd`` (L_1..L_{T-1}), and the latter split by
-decades of t (``kl_t2_10_bpd``, ``kl_t11_100_bpd``, ...; for toy data all in nats). The bound costs T
+decades of t (``kl_t2_10_bpd``, ``kl_t11_100_bpd``, ...; for toy data all in nats), and the standard
+error of the bound over the examples (``bits_per_dim_se``; toy: ``nll_nats_se``). The bound costs T
 network evaluations per example (T=1000: slow on CPU; keep ``bound_examples`` small there).
 ``figures`` draws DDPM vs DDIM samples from the same noise and the reverse (denoising) trajectory.
 """
@@ -38,7 +39,7 @@ import numpy as np
 
 from experiments.configs.common import optim_kwargs
 from experiments.tasks.base import DataSpec, Task
-from gen_jax import diffusion, viz
+from gen_jax import diffusion, metrics, viz
 from gen_jax.train import TrainState, make_optimizer, make_train_step
 
 
@@ -141,6 +142,7 @@ def build(config, data: DataSpec) -> Task:
         keys = ("nll_nats", "bits_per_dim", "prior_nats", "decoder_nats", "diffusion_nats")
         sums = {k: jnp.sum(jnp.where(valid, out[k], 0.0)) for k in keys}
         sums["terms_nats"] = jnp.sum(jnp.where(valid[:, None], out["terms_nats"], 0.0), axis=0)  # [T]
+        sums["nll_sq"] = jnp.sum(jnp.where(valid, jnp.square(out["nll_nats"]), 0.0))
         return sums
 
     def evaluate(state, key: jax.Array, batches: Iterable[dict]) -> dict:
@@ -184,13 +186,18 @@ def build(config, data: DataSpec) -> Task:
                 sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
         mean = {k: v / n for k, v in sums.items()}
         res = {"nll_nats": float(mean["nll_nats"]), "bound_examples": float(n)}
+        se = float(metrics.standard_error(sums["nll_nats"], sums["nll_sq"], n)) if n > 1 else None
         parts = {"prior": mean["prior_nats"], "decoder": mean["decoder_nats"], "diffusion": mean["diffusion_nats"]}
         parts.update(_kl_by_decade(mean["terms_nats"]))
         if is_image:
             to_bpd = 1.0 / (float(np.prod(data.shape)) * np.log(2.0))
             res["bits_per_dim"] = float(mean["bits_per_dim"])
+            if se is not None:
+                res["bits_per_dim_se"] = se * to_bpd
             res.update({f"{k}_bpd": float(v) * to_bpd for k, v in parts.items()})
         else:
+            if se is not None:
+                res["nll_nats_se"] = se
             res.update({f"{k}_nats": float(v) for k, v in parts.items()})
         return res
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from experiments.configs.common import optim_kwargs
 from experiments.tasks.base import DataSpec, Task
-from gen_jax import vae, viz
+from gen_jax import metrics, vae, viz
 from gen_jax.train import TrainState, make_optimizer, make_train_step
 
 ACTIVATIONS = {"relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu, "tanh": jnp.tanh,
@@ -152,8 +152,8 @@ def build(config, data: DataSpec) -> Task:
         if replicas:
             result.update({f"{k}_std": float(np.std(v)) for k, v in per.items()})
         if count > 1:  # standard error of the mean NLL over the test examples (sampling of the test set)
-            var = np.maximum(m["log_px_sq"] - np.square(m["log_px"]), 0.0) * count / (count - 1)
-            result["nll_nats_se"] = float(np.mean(np.sqrt(var / count)))
+            result["nll_nats_se"] = float(np.mean(metrics.standard_error(totals["log_px"], totals["log_px_sq"],
+                                                                         count)))
         result.update(iwae_k=float(iwae_k), num_examples=float(count))
         return result
 
