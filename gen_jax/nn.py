@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 UPSAMPLE_KINDS = ("transpose", "subpixel")
+DOWNSAMPLE_KINDS = ("strided", "space_to_depth")
 
 
 def depth_to_space(h: jax.Array, block: int) -> jax.Array:
@@ -17,6 +21,60 @@ def depth_to_space(h: jax.Array, block: int) -> jax.Array:
     c = depth // (block * block)
     h = h.reshape(n, height, width, block, block, c).transpose(0, 1, 3, 2, 4, 5)
     return h.reshape(n, height * block, width * block, c)
+
+
+def space_to_depth(h: jax.Array, block: int) -> jax.Array:
+    """``[B, b*H, b*W, C] -> [B, H, W, b*b*C]``, the inverse of :func:`depth_to_space`."""
+    n, height, width, c = h.shape
+    if height % block or width % block:
+        raise ValueError(f"space_to_depth: H, W = {height}, {width} are not divisible by block = {block}")
+    h = h.reshape(n, height // block, block, width // block, block, c).transpose(0, 1, 3, 2, 4, 5)
+    return h.reshape(n, height // block, width // block, block * block * c)
+
+
+def downsample_layer(features: int, kind: str = "strided",
+                     kernel: int = 4) -> tuple[nn.Module, Callable[[jax.Array], jax.Array]]:
+    """A layer halving H and W, as ``(conv, prepare)``: the layer is ``conv(prepare(h))``.
+
+    Split in two so that a caller can wrap the convolution (e.g. in ``nn.SpectralNorm``). Create it
+    inside a compact scope; :class:`Downsample2x` is the plain module.
+
+    Args:
+      features: output channels.
+      kind: ``'strided'``: a ``kernel x kernel`` stride-2 convolution ('SAME'); ``'space_to_depth'``:
+        pad H and W by 1 on each side, move each 2x2 block into the channels, then a 2x2 stride-1
+        'VALID' convolution. Each output reads input rows and columns 2i-1..2i+2, which contain the
+        windows of the 4x4 (2i-1..2i+2) and 3x3 (2i..2i+2) 'SAME' stride-2 convolutions, so it can
+        represent either exactly (``tests/test_nn.py`` maps them), with every gradient a stride-1
+        convolution; XLA CPU runs the input gradient of a strided convolution slowly.
+      kernel: the strided convolution's kernel size (3 or 4).
+    """
+    if kind == "strided":
+        return nn.Conv(features, (kernel, kernel), strides=(2, 2), padding="SAME"), lambda h: h
+    if kind == "space_to_depth":
+        def prepare(h: jax.Array) -> jax.Array:
+            return space_to_depth(jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0))), 2)
+        return nn.Conv(features, (2, 2), padding="VALID"), prepare
+    raise ValueError(f"downsample must be one of {DOWNSAMPLE_KINDS}, got {kind!r}")
+
+
+class Downsample2x(nn.Module):
+    """Halves H and W (even): ``[B, 2H, 2W, F_in] -> [B, H, W, features]``; see :func:`downsample_layer`.
+
+    Attributes:
+      features: output channels.
+      kind: ``'strided'`` or ``'space_to_depth'``.
+      kernel: the strided convolution's kernel size (3 or 4).
+    """
+
+    features: int
+    kind: str = "strided"
+    kernel: int = 4
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        conv, prepare = downsample_layer(self.features, self.kind, self.kernel)
+        return conv(prepare(h))
 
 
 class Upsample2x(nn.Module):

@@ -186,3 +186,19 @@ def test_subpixel_generator_has_the_dcgan_shapes():
     assert out.shape == (3, 28, 28, 1) and float(jnp.max(jnp.abs(out))) <= 1.0
     with pytest.raises(ValueError, match="upsample must be one of"):
         gan.DCGANGenerator((28, 28, 1), upsample="nearest").init(jax.random.key(0), jnp.zeros((2, 16)))
+
+
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_space_to_depth_discriminator_has_the_dcgan_parameter_count(spectral_norm):
+    """The space-to-depth D has the strided D's parameter count (a 2x2 conv on 4C channels holds a 4x4
+    kernel on C) and gives one finite logit per image, also spectrally normalised."""
+    kw = dict(base_features=8, spectral_norm=spectral_norm)
+    x = jax.random.normal(jax.random.key(1), (3, 28, 28, 1))
+    sizes = {}
+    for kind in ("strided", "space_to_depth"):
+        d = gan.DCGANDiscriminator((28, 28, 1), downsample=kind, **kw)
+        variables = d.init(jax.random.key(0), x)
+        sizes[kind] = sum(a.size for a in jax.tree.leaves(variables["params"]))
+        out = d.apply(variables, x, mutable=["batch_stats"])[0] if spectral_norm else d.apply(variables, x)
+        assert out.shape == (3,) and bool(jnp.all(jnp.isfinite(out)))
+    assert sizes["strided"] == sizes["space_to_depth"]

@@ -18,7 +18,8 @@ def test_public_names_importable():
 
 
 @pytest.mark.parametrize("factory", [vae.mlp_vae, vae.conv_vae,
-                                     functools.partial(vae.conv_vae, upsample="subpixel")])
+                                     functools.partial(vae.conv_vae, upsample="subpixel",
+                                                       downsample="space_to_depth")])
 def test_shapes(factory):
     x = jnp.zeros((3, 8, 8, 1))
     model = factory((8, 8, 1), latent_dim=5, num_params=2, **({"hidden": (16,)} if factory is vae.mlp_vae

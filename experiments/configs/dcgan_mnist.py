@@ -32,6 +32,7 @@ def get_config(arg=None):
     c.model.d_features = 64  # channels of D's first conv (128 at 7x7)
     c.model.g_norm = "group"
     c.model.g_upsample = "subpixel"  # 'subpixel' | 'transpose'
+    c.model.d_downsample = "strided"  # 'strided' | 'space_to_depth'
     c.model.spectral_norm = False
     c.model.conditional = False
     c.objective.loss = "non_saturating"

@@ -21,6 +21,7 @@ def get_config(arg=None):
     c.model.dense = 512
     c.model.activation = "relu"
     c.model.upsample = "subpixel"  # decoder: 'subpixel' (fast on CPU) | 'transpose'
+    c.model.downsample = "strided"  # encoder: 'strided' | 'space_to_depth'
     c.objective.likelihood = "bernoulli"
     c.objective.kl = "analytic"
     c.objective.beta = 1.0

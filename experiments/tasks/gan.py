@@ -4,7 +4,7 @@ Config fields read here (the rest is the common schema of experiments/configs/co
 
 * ``model``: ``arch`` ('mlp' | 'dcgan'), ``latent_dim``; mlp: ``g_hidden``, ``d_hidden``;
   dcgan: ``g_features``, ``d_features``, ``g_norm`` ('group' | 'none'), ``g_upsample``
-  ('transpose' | 'subpixel'); both: ``spectral_norm``
+  ('transpose' | 'subpixel'), ``d_downsample`` ('strided' | 'space_to_depth'); both: ``spectral_norm``
   (D), ``conditional`` (class-conditional G and projection D; images only).
 * ``objective``: ``loss`` (a kind in :data:`gen_jax.gan.LOSS_KINDS`), ``gp_weight``, ``r1_weight``,
   ``n_critic``, ``pack_size`` (PacGAN degree).
@@ -72,7 +72,7 @@ def build_models(config, data: DataSpec):
         g = gan.DCGANGenerator(data.shape, base_features=m.g_features, num_classes=num_classes,
                                norm=m.get("g_norm", "group"), upsample=m.get("g_upsample", "transpose"))
         d = gan.DCGANDiscriminator((h, w, c * pack_size), base_features=m.d_features, num_classes=num_classes,
-                                   spectral_norm=bool(m.spectral_norm))
+                                   spectral_norm=bool(m.spectral_norm), downsample=m.get("d_downsample", "strided"))
         return g, d
     raise ValueError(f"config.model.arch={m.arch!r}; expected 'mlp' or 'dcgan'.")
 

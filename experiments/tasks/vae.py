@@ -3,7 +3,7 @@
 Config fields read here (the rest is the common schema of experiments/configs/common.py):
 
 * ``model``: ``arch`` ('mlp' | 'conv'), ``latent_dim``, ``hidden`` (mlp widths), ``features`` and
-  ``dense`` and ``upsample`` (conv), ``activation`` (a name in ``ACTIVATIONS``).
+  ``dense``, ``upsample`` and ``downsample`` (conv), ``activation`` (a name in ``ACTIVATIONS``).
 * ``objective``: ``likelihood`` ('bernoulli' | 'gaussian' | 'gaussian_fixed' | 'logistic'), ``kl``
   ('analytic' | 'mc'), ``beta``, ``iwae_k`` (K > 1 trains on the IWAE bound), ``binarize``
   ('dynamic' | None).
@@ -56,7 +56,7 @@ def build_model(config, data: DataSpec, likelihood: vae.Likelihood) -> vae.VAE:
             raise ValueError(f"config.model.arch='conv' needs image data, got {data.name!r}.")
         return vae.conv_vae(data.shape, latent_dim=m.latent_dim, num_params=likelihood.num_params,
                             features=tuple(m.features), dense=m.dense, activation=act,
-                            upsample=m.get("upsample", "transpose"))
+                            upsample=m.get("upsample", "transpose"), downsample=m.get("downsample", "strided"))
     raise ValueError(f"config.model.arch={m.arch!r}; expected 'mlp' or 'conv'.")
 
 

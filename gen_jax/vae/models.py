@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.nn import Upsample2x
+from gen_jax.nn import Upsample2x, downsample_layer
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -83,12 +83,15 @@ class ConvEncoder(nn.Module):
       features: channels of each stride-2 conv (each halves H and W).
       dense: width of the dense layer before the posterior head (0: none).
       activation: nonlinearity.
+      downsample: ``'strided'`` (3x3 stride-2 convolutions) or ``'space_to_depth'`` (the same function
+        class, faster to train on CPU; see `gen_jax.nn.downsample_layer`).
     """
 
     latent_dim: int
     features: Sequence[int] = (32, 64)
     dense: int = 256
     activation: Activation = nn.relu
+    downsample: str = "strided"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -96,7 +99,8 @@ class ConvEncoder(nn.Module):
             raise ValueError(f"ConvEncoder expects images [B, H, W, C], got shape {x.shape}.")
         h = x
         for f in self.features:
-            h = self.activation(nn.Conv(f, (3, 3), strides=(2, 2), padding="SAME")(h))
+            conv, prepare = downsample_layer(f, self.downsample, kernel=3)
+            h = self.activation(conv(prepare(h)))
         h = h.reshape(h.shape[0], -1)
         if self.dense:
             h = self.activation(nn.Dense(self.dense)(h))
@@ -191,14 +195,15 @@ def mlp_vae(event_shape: Sequence[int], *, latent_dim: int, num_params: int,
 
 def conv_vae(event_shape: Sequence[int], *, latent_dim: int, num_params: int,
              features: Sequence[int] = (32, 64), dense: int = 256,
-             activation: Activation = nn.relu, upsample: str = "transpose") -> VAE:
+             activation: Activation = nn.relu, upsample: str = "transpose",
+             downsample: str = "strided") -> VAE:
     """A VAE with conv encoder and mirrored upsampling decoder for images ``(H, W, C)`` (``upsample``:
-    see :class:`ConvDecoder`)."""
+    see :class:`ConvDecoder`; ``downsample``: see :class:`ConvEncoder`)."""
     if len(event_shape) != 3:
         raise ValueError(f"conv_vae needs an image event_shape (H, W, C), got {tuple(event_shape)}.")
     return VAE(
         encoder=ConvEncoder(latent_dim=latent_dim, features=tuple(features), dense=dense,
-                            activation=activation),
+                            activation=activation, downsample=downsample),
         decoder=ConvDecoder(event_shape=tuple(event_shape), num_params=num_params,
                             features=tuple(reversed(features)), dense=dense, activation=activation,
                             upsample=upsample),
