@@ -228,7 +228,8 @@ class CompileEvents:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One benchmarked config: module name, the loaded config, its family and size class."""
+    """One benchmarked config: its spec (module name [overrides], see :func:`load_config`), the
+    loaded config, its family and size class."""
 
     name: str
     config: Any
@@ -279,7 +280,7 @@ def discover(families: tuple[str, ...], config_arg: str | None, names: tuple[str
     available = [m.name for m in pkgutil.iter_modules(experiments.configs.__path__) if m.name != "common"]
     for name in names or sorted(available):
         try:
-            config = importlib.import_module(f"experiments.configs.{name}").get_config(config_arg)
+            config = load_config(name, config_arg)
         except Exception as e:
             skipped.append({"kind": "skipped", "family": "?", "config": name,
                             "reason": f"get_config({config_arg!r}) failed: {type(e).__name__}: {e}"})
@@ -308,6 +309,44 @@ def without_dataset(entry: Entry):
     import tensorflow_datasets as tfds
 
     return tfds.testing.mock_data(num_examples=64)
+
+
+def load_config(spec: str, config_arg: str | None):
+    """The config named by ``spec``: a module of ``experiments/configs``, optionally followed by
+    overrides in brackets, ``'dcgan_mnist[model.d_downsample=space_to_depth,optim.learning_rate=1e-4]'``,
+    so that a variant can be timed next to its base in one run. Values are Python literals, else
+    strings; the config's types are enforced on assignment."""
+    import ast
+
+    name, _, rest = spec.partition("[")
+    config = importlib.import_module(f"experiments.configs.{name.strip()}").get_config(config_arg)
+    if not rest:
+        return config
+    if not rest.endswith("]"):
+        raise ValueError(f"config spec {spec!r}: expected 'name[key=value,...]'")
+    updates = {}
+    for item in filter(None, (s.strip() for s in rest[:-1].split(","))):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise ValueError(f"config spec {spec!r}: override {item!r} is not key=value")
+        try:
+            updates[key.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            updates[key.strip()] = raw.strip()
+    return with_overrides(config, **updates)
+
+
+def split_specs(text: str) -> tuple[str, ...]:
+    """``'a,b[x=1,y=2];c'`` -> ``('a', 'b[x=1,y=2]', 'c')``: commas inside brackets stay."""
+    specs, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch in ",;" and depth == 0:
+            specs.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return tuple(s.strip() for s in specs + [cur] if s.strip())
 
 
 def with_overrides(config, **updates):
@@ -875,38 +914,20 @@ def measure_batch_scaling(entry: Entry, batches: tuple[int, ...], suite: Suite, 
     return records
 
 
-# (name, layer, input [H, W, C]) of the convolutions the MNIST conv configs are made of
+# (name, layer, input [H, W, C]) of the convolutions the MNIST conv configs are made of, and the
+# gen_jax.nn layers that represent the strided and transposed ones exactly (sub-pixel, space-to-depth)
 KERNELS = (
     ("conv 3x3 s1 64->64 @14x14 (U-Net/Glow body)", ("conv", 64, 3, 1), (14, 14, 64)),
     ("conv 3x3 s2 32->64 @14x14 (VAE encoder)", ("conv", 64, 3, 2), (14, 14, 32)),
+    ("  space-to-depth alternative: pad + s2d + conv 2x2 4x32->64", ("s2d", 64, 3, 2), (14, 14, 32)),
     ("conv-transpose 3x3 s2 64->32 @14x14 (VAE decoder)", ("convT", 32, 3, 2), (14, 14, 64)),
     ("  sub-pixel alternative: conv 3x3 64->4x32 + depth-to-space", ("subpixel", 32, 3, 2), (14, 14, 64)),
     ("conv 4x4 s2 64->128 @14x14 (DCGAN D)", ("conv", 128, 4, 2), (14, 14, 64)),
+    ("  space-to-depth alternative: pad + s2d + conv 2x2 4x64->128", ("s2d", 128, 4, 2), (14, 14, 64)),
     ("conv-transpose 4x4 s2 128->64 @7x7 (DCGAN G)", ("convT", 64, 4, 2), (7, 7, 128)),
     ("  sub-pixel alternative: conv 3x3 128->4x64 + depth-to-space", ("subpixel", 64, 3, 2), (7, 7, 128)),
     ("dense 3136->512 (reference matmul)", ("dense", 512, 0, 0), (3136,)),
 )
-
-
-class SubPixelConv:
-    """A stride-s upsampling layer as a stride-1 conv to s*s*F channels followed by depth-to-space
-    (Shi et al. 2016): the same function class as a stride-s transposed conv with a k x k kernel
-    (k >= 2s - 1 taps per phase), built only from operations whose gradients are plain convolutions."""
-
-    def __init__(self, features: int, kernel: int, stride: int):
-        import flax.linen as nn
-
-        self.conv = nn.Conv(features * stride * stride, (kernel, kernel), padding="SAME")
-        self.features, self.stride = features, stride
-
-    def init(self, key, x):
-        return self.conv.init(key, x)
-
-    def apply(self, params, x):
-        b, h, w, _ = x.shape
-        s, f = self.stride, self.features
-        y = self.conv.apply(params, x).reshape(b, h, w, s, s, f)  # [B, H, W, s, s, F]
-        return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * s, w * s, f)  # [B, sH, sW, F]
 
 
 def measure_kernels(suite: Suite, batch: int) -> list[dict]:
@@ -916,11 +937,14 @@ def measure_kernels(suite: Suite, batch: int) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
+    from gen_jax.nn import Downsample2x, Upsample2x
+
     records = []
     for name, (kind, features, k, stride), shape in KERNELS:
         layer = {"conv": lambda: nn.Conv(features, (k, k), strides=(stride, stride), padding="SAME"),
                  "convT": lambda: nn.ConvTranspose(features, (k, k), strides=(stride, stride), padding="SAME"),
-                 "subpixel": lambda: SubPixelConv(features, k, stride),
+                 "subpixel": lambda: Upsample2x(features, "subpixel"),
+                 "s2d": lambda: Downsample2x(features, "space_to_depth", kernel=k),
                  "dense": lambda: nn.Dense(features)}[kind]()
         x = jax.random.normal(jax.random.key(0), (batch, *shape), jnp.float32)
         params = layer.init(jax.random.key(1), x)
@@ -1022,7 +1046,7 @@ def worker(args: dict) -> dict:
 
     if jax.device_count() < args["devices"]:
         raise RuntimeError(f"need {args['devices']} devices, have {jax.device_count()}")
-    config = importlib.import_module(f"experiments.configs.{args['config']}").get_config(args["arg"])
+    config = load_config(args["config"], args["arg"])
     entry = Entry(args["config"], config, config.family, size_class(config))
     task, data = build(entry, args["batch"])
     mesh = make_mesh(jax.devices()[:args["devices"]])
@@ -1539,8 +1563,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", choices=sorted(SUITES), default="standard")
     parser.add_argument("--family", default=",".join(FAMILY_ORDER),
                         help="comma-separated families (default: all four)")
-    parser.add_argument("--configs", default="", help="comma-separated config names (default: one per "
-                                                      "family and size class)")
+    parser.add_argument("--configs", default="", help="config names separated by ';' or ',' (default: one "
+                                                      "per family and size class); name[key=value,...] "
+                                                      "times a variant")
     parser.add_argument("--out", default="runs/benchmark", help="output directory")
     parser.add_argument("--skip", default="", help=f"comma-separated sections to leave out: {','.join(SECTIONS)}")
     parser.add_argument("--only", default="", help="comma-separated sections to run alone (no per-config table)")
@@ -1553,7 +1578,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [f for f in families if f not in FAMILY_ORDER]
     if bad:
         parser.error(f"--family: unknown {bad}; expected a comma-separated subset of {list(FAMILY_ORDER)}")
-    names = tuple(n.strip() for n in args.configs.split(",") if n.strip())
+    names = split_specs(args.configs)
     skip = tuple(x.strip() for x in args.skip.split(",") if x.strip())
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
     for flag, value in (("--skip", skip), ("--only", only)):

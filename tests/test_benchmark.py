@@ -186,3 +186,20 @@ def test_targets_are_judged_from_the_records():
     assert met == [True, None, None, None]
     # the CPU target is not judged on an accelerator
     assert benchmark.evaluate_targets([conv], "gpu")[0]["met"] is None
+
+
+def test_config_spec_times_a_variant_next_to_its_base():
+    """'name[key=value,...]' loads the config with those overrides (literals parsed, strings kept);
+    the spec list splits on ',' or ';' outside brackets; a bad override is refused."""
+    assert benchmark.split_specs("a, b[x=1,y=2];c") == ("a", "b[x=1,y=2]", "c")
+    base = benchmark.load_config("dcgan_mnist", None)
+    variant = benchmark.load_config("dcgan_mnist[model.d_downsample=space_to_depth,optim.learning_rate=1e-4]", None)
+    assert base.model.d_downsample == "strided"
+    assert variant.model.d_downsample == "space_to_depth" and variant.optim.learning_rate == 1e-4
+    assert variant.model.g_upsample == base.model.g_upsample
+    entries, skipped = benchmark.discover(("gan",), "smoke", ("dcgan_mnist", "dcgan_mnist[model.d_downsample=space_to_depth]"))
+    assert not skipped and [e.config.model.d_downsample for e in entries] == ["strided", "space_to_depth"]
+    with pytest.raises(ValueError, match="not key=value"):
+        benchmark.load_config("dcgan_mnist[model.d_downsample]", None)
+    with pytest.raises(TypeError):  # the config's types hold: an int field cannot become a string
+        benchmark.load_config("dcgan_mnist[data.batch_size=big]", None)
