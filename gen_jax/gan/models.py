@@ -189,7 +189,7 @@ class DCGANDiscriminator(nn.Module):
       num_classes: if set, projection conditioning on labels.
       spectral_norm: spectrally normalise every convolution and the head.
       downsample: ``'strided'`` (the paper's 4x4 stride-2 convolution) or ``'space_to_depth'`` (the
-        same function class, faster to train on CPU; see `gen_jax.nn.downsample_layer`).
+        same function class; see `gen_jax.nn.downsample_layer`).
     """
 
     image_shape: Sequence[int] = (28, 28, 1)

@@ -84,7 +84,7 @@ class ConvEncoder(nn.Module):
       dense: width of the dense layer before the posterior head (0: none).
       activation: nonlinearity.
       downsample: ``'strided'`` (3x3 stride-2 convolutions) or ``'space_to_depth'`` (the same function
-        class, faster to train on CPU; see `gen_jax.nn.downsample_layer`).
+        class; see `gen_jax.nn.downsample_layer`).
     """
 
     latent_dim: int
