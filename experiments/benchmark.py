@@ -965,11 +965,15 @@ def measure_kernels(suite: Suite, batch: int) -> list[dict]:
 
 
 def run_worker(entry: Entry, suite: Suite, *, devices: int = 1, xla_flags: tuple[str, ...] = (),
-               force_host_devices: bool = False) -> dict:
-    """Times ``entry``'s train step in a fresh subprocess (:func:`worker`) with extra ``XLA_FLAGS``
-    and, on CPU, ``devices`` forced host devices. Returns the worker's JSON, or ``{'error': ...}``."""
+               drop_flags: tuple[str, ...] = (), force_host_devices: bool = False) -> dict:
+    """Times ``entry``'s train step in a fresh subprocess (:func:`worker`) with extra ``XLA_FLAGS``,
+    without the flags named like those in ``drop_flags``, and, on CPU, ``devices`` forced host
+    devices. Returns the worker's JSON, or ``{'error': ...}``."""
+    from gen_jax.train.platform import flag_name
+
     env = dict(os.environ)
-    flags = env.get("XLA_FLAGS", "").split() + list(xla_flags)
+    dropped = {flag_name(f) for f in drop_flags}
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if flag_name(f) not in dropped] + list(xla_flags)
     if force_host_devices:
         flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
         flags.append(f"--xla_force_host_platform_device_count={devices}")
@@ -1003,15 +1007,23 @@ def measure_data_parallel(entry: Entry, suite: Suite, on_cpu: bool) -> list[dict
 
 
 def measure_xla_flags(entry: Entry, suite: Suite) -> list[dict]:
-    """Step time under each of ``suite.flag_variants`` vs no extra flag, each in a fresh subprocess."""
+    """Step time with this run's ``XLA_FLAGS`` (gen_jax's :data:`~gen_jax.train.XLA_CPU_FLAGS`
+    included, see :func:`main`), without gen_jax's flags (XLA's own defaults), and with each of
+    ``suite.flag_variants`` added; each in a fresh subprocess."""
+    from gen_jax.train import XLA_CPU_FLAGS
+
+    variants = [("(as run)", (), ())]
+    if any(f in os.environ.get("XLA_FLAGS", "").split() for f in XLA_CPU_FLAGS):
+        variants.append(("without " + " ".join(XLA_CPU_FLAGS) + " (XLA's defaults)", (), XLA_CPU_FLAGS))
+    variants += [(flags, tuple(flags.split()), ()) for flags in suite.flag_variants]
     records, base_t = [], None
-    for flags in ("",) + suite.flag_variants:
-        out = run_worker(entry, suite, xla_flags=tuple(flags.split()))
+    for label, add, drop in variants:
+        out = run_worker(entry, suite, xla_flags=add, drop_flags=drop)
         base_t = out.get("median_s") if base_t is None else base_t
         if "median_s" in out and base_t:
-            out["speedup_vs_default"] = base_t / out["median_s"]
+            out["speedup_vs_as_run"] = base_t / out["median_s"]
         records.append({"kind": "xla_flags", "family": entry.family, "config": entry.name, "size": entry.size,
-                        "batch": batch_for(entry, suite), "flags": flags or "(default)", **out})
+                        "batch": batch_for(entry, suite), "flags": label, **out})
     return records
 
 
@@ -1353,10 +1365,12 @@ def render_markdown(result: dict) -> str:
         lines.append("")
     if by("xla_flags"):
         lines += ["## XLA flags (each in a fresh subprocess, one device)", ""]
-        lines += _table(["config", "batch", "XLA_FLAGS added", "XLA compile s", "step ms", "speedup vs default"],
+        lines += [f"`(as run)`: this run's XLA_FLAGS, `{env['XLA_FLAGS'] or '(unset)'}`; the other rows change "
+                  "them as stated.", ""]
+        lines += _table(["config", "batch", "XLA_FLAGS", "XLA compile s", "step ms", "speedup vs as run"],
                         [[r["config"], str(r["batch"]), f"`{r['flags']}`", _fmt(r.get("compile_s")),
                           f"{_ms(r['median_s'])} ± {_ms(r['iqr_s'])}" if "median_s" in r else r.get("error", "-"),
-                          _fmt(r.get("speedup_vs_default"), ".2f")] for r in by("xla_flags")])
+                          _fmt(r.get("speedup_vs_as_run"), ".2f")] for r in by("xla_flags")])
         lines.append("")
     if by("kernel"):
         lines += ["## Single layers (convolution kinds of the MNIST conv configs)", "",
@@ -1584,6 +1598,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--skip", skip), ("--only", only)):
         if set(value) - set(SECTIONS):
             parser.error(f"{flag}: unknown {sorted(set(value) - set(SECTIONS))}; expected a subset of {list(SECTIONS)}")
+    from gen_jax.train import configure_xla_cpu
+
+    configure_xla_cpu()  # what `experiments.train` runs with; worker subprocesses inherit it
     result = run(SUITES[args.suite], families, args.out, names, argv,
                  log=lambda m: print(m, file=sys.stderr, flush=True), skip=skip, only=only)
     print(render_markdown(result))

@@ -26,8 +26,9 @@ def main(argv):
     del argv
     from experiments.run import ConfigError, train_and_evaluate
     from gen_jax.data.images import DatasetNotFoundError
-    from gen_jax.train import CheckpointError, NonFiniteError, initialize_distributed
+    from gen_jax.train import CheckpointError, NonFiniteError, configure_xla_cpu, initialize_distributed
 
+    configure_xla_cpu()  # before the first JAX computation
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     f = flags.FLAGS
     try:

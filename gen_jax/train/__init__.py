@@ -1,9 +1,11 @@
-"""The training engine: one train-step factory for every family, checkpoints, the loop, sharding."""
+"""The training engine: one train-step factory for every family, checkpoints, the loop, sharding,
+XLA settings."""
 
 from gen_jax.train.checkpoint import CheckpointError, Checkpointer
 from gen_jax.train.loop import Interrupted, MetricsWriter, NonFiniteError, fit, interrupt_on_signals, read_metrics
 from gen_jax.train.parallel import (check_batch_size, initialize_distributed, keep_state_sharding,
                                     local_replica, make_mesh, replicate, shard_batch, shard_state)
+from gen_jax.train.platform import XLA_CPU_FLAGS, configure_xla_cpu
 from gen_jax.train.state import TrainState, TwoPlayerState, make_optimizer
 from gen_jax.train.steps import make_train_step, make_two_player_step
 
@@ -11,6 +13,6 @@ __all__ = [
     "CheckpointError", "Checkpointer", "Interrupted", "MetricsWriter", "NonFiniteError", "fit",
     "interrupt_on_signals", "read_metrics",
     "check_batch_size", "initialize_distributed", "keep_state_sharding", "local_replica", "make_mesh", "replicate", "shard_batch",
-    "shard_state",
+    "shard_state", "XLA_CPU_FLAGS", "configure_xla_cpu",
     "TrainState", "TwoPlayerState", "make_optimizer", "make_train_step", "make_two_player_step",
 ]
