@@ -11,6 +11,86 @@ import jax.numpy as jnp
 UPSAMPLE_KINDS = ("transpose", "subpixel")
 DOWNSAMPLE_KINDS = ("strided", "space_to_depth")
 
+#: Largest ``kh * kw * C_in`` (input taps) and ``kh * kw * C_out`` (output taps) at which
+#: :func:`conv_general_dilated` computes a stride-1 convolution as one matmul over shifted copies
+#: instead of XLA's convolution. Measured on XLA CPU (2-core AMD EPYC, batch 128, 3x3 kernels,
+#: forward + both gradients; experiments/BENCHMARKS.md): input taps won at C_in <= 8 (1.1-4.8x, e.g.
+#: 2 -> 128 at 14x14: 14.3 -> 3.0 ms) and lost at C_in = 16 unless C_out >= 128 (0.24-1.24x);
+#: output taps won at C_out <= 4 with C_in >= 32 (1.7-2.6x) and broke even at C_out = 8 (0.9-1.1x).
+TAP_LIMITS = {"input": 72, "output": 36}
+
+
+def _tap_form(x_shape, w_shape, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+              feature_group_count, batch_group_count, extra) -> str | None:
+    """Which matmul form :func:`conv_general_dilated` uses for these arguments (None: XLA's conv)."""
+    if len(x_shape) != 4 or jax.default_backend() != "cpu" or any(v is not None for v in extra.values()):
+        return None
+    if feature_group_count != 1 or batch_group_count != 1 or any(s != 1 for s in window_strides):
+        return None
+    if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+        return None
+    nhwc = jax.lax.conv_dimension_numbers(x_shape, w_shape, ("NHWC", "HWIO", "NHWC"))
+    if jax.lax.conv_dimension_numbers(x_shape, w_shape, dimension_numbers) != nhwc:
+        return None
+    kh, kw, c_in, c_out = w_shape
+    if kh * kw == 1:
+        return None
+    forms = [(kh * kw * c_in, "input"), (kh * kw * c_out, "output")]
+    fits = [(size, form) for size, form in forms if size <= TAP_LIMITS[form]]
+    return min(fits)[1] if fits else None
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision=None, **extra) -> jax.Array:
+    """``jax.lax.conv_general_dilated`` (same arguments and result), with a faster route on CPU for
+    stride-1 NHWC/HWIO convolutions that have few input or few output channels.
+
+    XLA CPU's convolution kernels are slow when one side is narrow (e.g. a flow coupling's 2-channel
+    input, a decoder's 1-channel output): it spends most of its time outside the arithmetic. With
+    ``T = kh * kw`` taps such a convolution is exactly one matmul over shifted copies:
+
+    * input taps (``T * C_in`` small): ``y = [x_{i,j}]_{i,j} @ W.reshape(T * C_in, C_out)``, the
+      ``T`` shifted windows of the padded input stacked on the channels (im2col);
+    * output taps (``T * C_out`` small): ``z = x @ W'`` with ``W'`` the ``[C_in, T * C_out]``
+      kernel, then ``y = sum_{i,j} z_pad[i + ., j + ., (i, j)]``, the taps' outputs shifted and added.
+
+    Their gradients are matmuls, pads and slices too. Which form (or XLA's convolution) runs is
+    decided from the shapes by :data:`TAP_LIMITS`; everything else (strides, dilation, groups, other
+    layouts, other backends: not measured there) goes to ``lax.conv_general_dilated`` unchanged.
+    ``tests/test_nn.py`` checks values and gradients against it.
+    """
+    form = _tap_form(lhs.shape, rhs.shape, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+                     feature_group_count, batch_group_count, extra)
+    if form is None:
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, batch_group_count,
+                                            precision=precision, **extra)
+    kh, kw, c_in, c_out = rhs.shape
+    n, height, width, _ = lhs.shape
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads((height, width), (kh, kw), (1, 1), padding)
+    (top, bottom), (left, right) = padding
+    out_h, out_w = height + top + bottom - kh + 1, width + left + right - kw + 1
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    if form == "input":
+        xp = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        cols = jnp.concatenate([xp[:, i:i + out_h, j:j + out_w, :] for i, j in taps], axis=-1)
+        y = jnp.matmul(cols.reshape(-1, kh * kw * c_in), rhs.reshape(kh * kw * c_in, c_out), precision=precision)
+        return y.reshape(n, out_h, out_w, c_out)
+    z = jnp.matmul(lhs.reshape(-1, c_in), rhs.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out),
+                   precision=precision)
+    z = jnp.pad(z.reshape(n, height, width, kh, kw, c_out), ((0, 0), (top, bottom), (left, right), (0, 0), (0, 0), (0, 0)))
+    return sum(z[:, i:i + out_h, j:j + out_w, i, j, :] for i, j in taps)
+
+
+class Conv(nn.Conv):
+    """``flax.linen.Conv`` computed by :func:`conv_general_dilated`: same parameters, names and
+    results, faster on CPU where a side has few channels. gen_jax's models use it for every
+    convolution."""
+
+    conv_general_dilated: Callable | None = conv_general_dilated
+
 
 def depth_to_space(h: jax.Array, block: int) -> jax.Array:
     """``[B, H, W, b*b*C] -> [B, b*H, b*W, C]``: channel ``(a*b + c)*C + k`` of pixel ``(i, j)`` goes to
@@ -51,11 +131,11 @@ def downsample_layer(features: int, kind: str = "strided",
       kernel: the strided convolution's kernel size (3 or 4).
     """
     if kind == "strided":
-        return nn.Conv(features, (kernel, kernel), strides=(2, 2), padding="SAME"), lambda h: h
+        return Conv(features, (kernel, kernel), strides=(2, 2), padding="SAME"), lambda h: h
     if kind == "space_to_depth":
         def prepare(h: jax.Array) -> jax.Array:
             return space_to_depth(jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0))), 2)
-        return nn.Conv(features, (2, 2), padding="VALID"), prepare
+        return Conv(features, (2, 2), padding="VALID"), prepare
     raise ValueError(f"downsample must be one of {DOWNSAMPLE_KINDS}, got {kind!r}")
 
 
@@ -101,5 +181,5 @@ class Upsample2x(nn.Module):
         if self.kind == "transpose":
             return nn.ConvTranspose(self.features, (self.kernel, self.kernel), strides=(2, 2), padding="SAME")(h)
         if self.kind == "subpixel":
-            return depth_to_space(nn.Conv(4 * self.features, (3, 3), padding="SAME")(h), 2)
+            return depth_to_space(Conv(4 * self.features, (3, 3), padding="SAME")(h), 2)
         raise ValueError(f"upsample must be one of {UPSAMPLE_KINDS}, got {self.kind!r}")

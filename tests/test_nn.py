@@ -1,5 +1,6 @@
 """Shared layers: the sub-pixel upsampler and the space-to-depth downsampler represent the stride-2
-(transposed) convolutions exactly."""
+(transposed) convolutions exactly; the tap forms of gen_jax.nn.conv_general_dilated equal XLA's
+convolution, values and gradients."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +8,64 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax.nn import Downsample2x, Upsample2x, depth_to_space, space_to_depth
+from gen_jax import nn as gnn
+from gen_jax.nn import Conv, Downsample2x, Upsample2x, depth_to_space, space_to_depth
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize("shape,padding,form", [
+    ((3, 9, 8, 2), "SAME", "input"),           # a flow coupling's first conv: 2 channels in
+    ((3, 9, 8, 1), "VALID", "input"),
+    ((3, 7, 7, 4), ((2, 0), (1, 3)), "input"),  # uneven explicit padding
+    ((3, 9, 8, 24), "SAME", "output"),          # a decoder's last conv: 1 channel out
+    ((3, 7, 6, 24), ((0, 2), (1, 1)), "output"),
+    ((3, 9, 8, 32), "SAME", None),              # wide on both sides: XLA's convolution
+])
+@pytest.mark.parametrize("kernel", [(3, 3), (2, 3)])
+def test_tap_convolutions_equal_xlas_convolution(shape, padding, form, kernel):
+    c_out = {"input": 16, "output": 1, None: 16}[form]
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), kernel + (shape[-1], c_out))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+    assert gnn._tap_form(x.shape, w.shape, (1, 1), None, None, dn, 1, 1, {}) == form
+    ours = lambda x, w: gnn.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)  # noqa: E731
+    xla = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)  # noqa: E731
+    y, vjp = jax.vjp(ours, x, w)
+    y_ref, vjp_ref = jax.vjp(xla, x, w)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    dy = jax.random.normal(jax.random.key(2), y.shape)
+    for g, g_ref in zip(vjp(dy), vjp_ref(dy)):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tap_form_leaves_strided_dilated_grouped_and_1x1_convolutions_to_xla():
+    x, w = (2, 8, 8, 2), (3, 3, 2, 8)
+    dn = jax.lax.conv_dimension_numbers(x, w, NHWC)
+    assert gnn._tap_form(x, w, (1, 1), None, None, dn, 1, 1, {}) == "input"
+    assert gnn._tap_form(x, w, (2, 2), None, None, dn, 1, 1, {}) is None
+    assert gnn._tap_form(x, w, (1, 1), (2, 2), None, dn, 1, 1, {}) is None
+    assert gnn._tap_form(x, w, (1, 1), None, (2, 2), dn, 1, 1, {}) is None
+    assert gnn._tap_form(x, (3, 3, 1, 8), (1, 1), None, None, dn, 2, 1, {}) is None
+    assert gnn._tap_form(x, (1, 1, 2, 8), (1, 1), None, None, dn, 1, 1, {}) is None
+    nchw = jax.lax.conv_dimension_numbers((2, 2, 8, 8), (8, 2, 3, 3), ("NCHW", "OIHW", "NCHW"))
+    assert gnn._tap_form((2, 2, 8, 8), (8, 2, 3, 3), (1, 1), None, None, nchw, 1, 1, {}) is None
+
+
+def test_conv_module_matches_flax_conv_and_takes_the_tap_route():
+    """Same parameters and outputs as flax's Conv; a 2-channel input runs without an XLA convolution,
+    a wide one with it."""
+    x = jax.random.normal(jax.random.key(0), (2, 10, 10, 2))
+    params = nn.Conv(32, (3, 3)).init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, Conv(32, (3, 3)).init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_allclose(Conv(32, (3, 3)).apply(params, x), nn.Conv(32, (3, 3)).apply(params, x),
+                               rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(lambda p: Conv(32, (3, 3)).apply(p, x))(params))
+    assert "conv_general_dilated" not in jaxpr
+    wide = jnp.zeros((2, 10, 10, 32))
+    wide_params = Conv(32, (3, 3)).init(jax.random.key(1), wide)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(lambda p: Conv(32, (3, 3)).apply(p, wide))(wide_params))
 
 
 @pytest.mark.parametrize("kernel", [3, 4])  # the VAE decoder's and DCGAN's transposed convolutions

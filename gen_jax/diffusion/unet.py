@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.diffusion.layers import TimeEmbedding, default_init
+from gen_jax.nn import Conv
 
 __all__ = ["UNet", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
 
@@ -41,12 +42,12 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
         c_in = x.shape[-1]
         h = nn.swish(_group_norm(self.norm_groups, c_in, "norm0")(x))
-        h = nn.Conv(self.features, (3, 3), padding="SAME", kernel_init=default_init(), name="conv0")(h)
+        h = Conv(self.features, (3, 3), padding="SAME", kernel_init=default_init(), name="conv0")(h)
         temb_proj = nn.Dense(self.features, kernel_init=default_init(), name="temb_proj")(nn.swish(temb))
         h = h + temb_proj[:, None, None, :]  # [B, H, W, features]
         h = nn.swish(_group_norm(self.norm_groups, self.features, "norm1")(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.features, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros, name="conv1")(h)
+        h = Conv(self.features, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros, name="conv1")(h)
         if c_in != self.features:
             x = nn.Dense(self.features, kernel_init=default_init(), name="skip")(x)  # 1x1 conv (NIN)
         return x + h
@@ -88,7 +89,7 @@ class Downsample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.with_conv:
-            return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="SAME", kernel_init=default_init())(x)
+            return Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="SAME", kernel_init=default_init())(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -102,7 +103,7 @@ class Upsample(nn.Module):
         B, H, W, C = x.shape
         x = jnp.broadcast_to(x[:, :, None, :, None, :], (B, H, 2, W, 2, C)).reshape(B, 2 * H, 2 * W, C)
         if self.with_conv:
-            x = nn.Conv(C, (3, 3), padding="SAME", kernel_init=default_init())(x)
+            x = Conv(C, (3, 3), padding="SAME", kernel_init=default_init())(x)
         return x
 
 
@@ -170,7 +171,7 @@ class UNet(nn.Module):
         res_kw = dict(dropout=self.dropout, norm_groups=self.norm_groups)
         attn_kw = dict(num_heads=self.num_heads, norm_groups=self.norm_groups)
 
-        hs = [nn.Conv(self.ch, (3, 3), padding="SAME", kernel_init=default_init(), name="conv_in")(x)]
+        hs = [Conv(self.ch, (3, 3), padding="SAME", kernel_init=default_init(), name="conv_in")(x)]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(self.ch * mult, **res_kw)(hs[-1], temb, train)
@@ -196,4 +197,4 @@ class UNet(nn.Module):
 
         h = nn.swish(_group_norm(self.norm_groups, h.shape[-1], "norm_out")(h))
         out_ch = self.out_channels if self.out_channels is not None else C
-        return nn.Conv(out_ch, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        return Conv(out_ch, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros, name="conv_out")(h)

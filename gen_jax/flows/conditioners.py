@@ -12,6 +12,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from gen_jax.nn import Conv
+
 _zeros = nn.initializers.zeros
 
 
@@ -52,16 +54,16 @@ class ConvNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.relu(nn.Conv(self.hidden[0], (3, 3))(x))
+        h = nn.relu(Conv(self.hidden[0], (3, 3))(x))
         for width in self.hidden[1:]:
-            h = nn.relu(nn.Conv(width, (1, 1))(h))
+            h = nn.relu(Conv(width, (1, 1))(h))
         width = self.hidden[-1]
         for _ in range(self.num_res_blocks):
-            r = nn.Conv(width, (3, 3))(nn.relu(h))
-            h = h + nn.Conv(width, (3, 3))(nn.relu(r))
+            r = Conv(width, (3, 3))(nn.relu(h))
+            h = h + Conv(width, (3, 3))(nn.relu(r))
         if self.num_res_blocks:
             h = nn.relu(h)
-        return nn.Conv(self.out_channels, (3, 3), kernel_init=_zeros, bias_init=_zeros)(h)
+        return Conv(self.out_channels, (3, 3), kernel_init=_zeros, bias_init=_zeros)(h)
 
 
 def make_conditioner(

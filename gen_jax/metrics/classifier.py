@@ -20,6 +20,8 @@ import numpy as np
 import optax
 from numpy.typing import ArrayLike
 
+from gen_jax.nn import Conv
+
 PyTree = Any
 
 
@@ -31,7 +33,7 @@ class ConvClassifier(nn.Module):
     feature_dim: int = 128
 
     def setup(self):
-        self.convs = [nn.Conv(f, (3, 3), strides=(2, 2), padding="SAME") for f in self.conv_features]
+        self.convs = [Conv(f, (3, 3), strides=(2, 2), padding="SAME") for f in self.conv_features]
         self.hidden = nn.Dense(self.feature_dim)
         self.head = nn.Dense(self.num_classes)
 

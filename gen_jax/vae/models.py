@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.nn import Upsample2x, downsample_layer
+from gen_jax.nn import Conv, Upsample2x, downsample_layer
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -143,7 +143,7 @@ class ConvDecoder(nn.Module):
         h = h.reshape(z.shape[0], h0, w0, self.features[0])  # [B, H/f, W/f, F0]
         for f in self.features:
             h = self.activation(Upsample2x(f, self.upsample, kernel=3)(h))
-        return nn.Conv(self.num_params * channels, (3, 3), padding="SAME",
+        return Conv(self.num_params * channels, (3, 3), padding="SAME",
                        name="likelihood_params")(h)  # [B, H, W, P*C]
 
 
