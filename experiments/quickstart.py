@@ -112,6 +112,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     from absl import logging
 
+    from gen_jax.train import configure_xla_cpu
+
+    configure_xla_cpu()  # before the first JAX computation, as every experiments CLI
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     run(args.workdir, args.data, args.scale, args.restart)
 

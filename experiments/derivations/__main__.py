@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/derivations", help="output directory (default: runs/derivations)")
     parser.add_argument("--fast", action="store_true", help="smaller samples and fewer models (< 1 min on 2 cores)")
     args = parser.parse_args(argv)
+    from gen_jax.train import configure_xla_cpu
+
+    configure_xla_cpu()  # before the first JAX computation, as every experiments CLI
     records, _, _ = run(args.family, args.out, fast=args.fast)
     return 0 if records and all(r.passed for r in records) else 1
 

@@ -1,8 +1,8 @@
 """XLA settings gen_jax runs with, set through ``XLA_FLAGS`` before JAX starts its backend.
 
 XLA reads ``XLA_FLAGS`` once, when the first computation creates the backend, so
-:func:`configure_xla_cpu` must run before anything touches a device (the CLIs of ``experiments/``
-call it first thing). Call it at the top of your own scripts to get the same speed::
+:func:`configure_xla_cpu` must run before anything touches a device (the CLIs of ``experiments/``:
+train, quickstart, derivations, benchmark, call it first thing; so does ``tests/conftest.py``). Call it at the top of your own scripts to get the same speed::
 
     from gen_jax.train import configure_xla_cpu
     configure_xla_cpu()      # before the first jax computation
