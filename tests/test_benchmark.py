@@ -203,3 +203,33 @@ def test_config_spec_times_a_variant_next_to_its_base():
         benchmark.load_config("dcgan_mnist[model.d_downsample]", None)
     with pytest.raises(TypeError):  # the config's types hold: an int field cannot become a string
         benchmark.load_config("dcgan_mnist[data.batch_size=big]", None)
+
+
+def test_flags_section_times_gen_jax_flags_against_xlas_defaults(monkeypatch):
+    """The flags section's variants: as run (gen_jax's flags, inherited), without them (dropped from the
+    worker's XLA_FLAGS, the user's other flags kept), then each extra variant added; speedups are
+    relative to the first."""
+    from gen_jax.train import XLA_CPU_FLAGS
+
+    seen = []
+
+    def fake_run(cmd, cwd, env, capture_output, text, timeout):
+        seen.append(env["XLA_FLAGS"].split())
+        return types.SimpleNamespace(returncode=0, stdout=json.dumps({"median_s": 0.1 * len(seen), "iqr_s": 0.0}))
+
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+    monkeypatch.setenv("XLA_FLAGS", " ".join(("--xla_force_host_platform_device_count=2",) + XLA_CPU_FLAGS))
+    entry = benchmark.Entry("vae_conv_mnist", benchmark.load_config("vae_conv_mnist", None), "vae", "mnist")
+    records = benchmark.measure_xla_flags(entry, benchmark.SUITES["standard"])
+    extra = benchmark.SUITES["standard"].flag_variants
+    assert [r["flags"] for r in records][0] == "(as run)" and "XLA's defaults" in records[1]["flags"]
+    assert [r["flags"] for r in records][2:] == list(extra)
+    assert seen[0] == ["--xla_force_host_platform_device_count=2", *XLA_CPU_FLAGS]
+    assert seen[1] == ["--xla_force_host_platform_device_count=2"]
+    assert seen[2] == ["--xla_force_host_platform_device_count=2", *XLA_CPU_FLAGS, *extra[0].split()]
+    assert [round(r["speedup_vs_as_run"], 6) for r in records] == [round(1 / (i + 1), 6) for i in range(len(records))]
+    # without gen_jax's flags in the environment there is nothing to compare against
+    seen.clear()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    records = benchmark.measure_xla_flags(entry, benchmark.SUITES["standard"])
+    assert [r["flags"] for r in records] == ["(as run)", *extra]
