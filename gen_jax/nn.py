@@ -46,9 +46,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
     """``jax.lax.conv_general_dilated`` (same arguments and result), with a faster route on CPU for
     stride-1 NHWC/HWIO convolutions that have few input or few output channels.
 
-    XLA CPU's convolution kernels are slow when one side is narrow (e.g. a flow coupling's 2-channel
-    input, a decoder's 1-channel output): it spends most of its time outside the arithmetic. With
-    ``T = kh * kw`` taps such a convolution is exactly one matmul over shifted copies:
+    XLA CPU runs convolutions with a narrow side (e.g. a flow coupling's 2-channel input, a decoder's
+    1-channel output) far below its matmul rate (experiments/BENCHMARKS.md). With ``T = kh * kw``
+    taps such a convolution is exactly one matmul over shifted copies:
 
     * input taps (``T * C_in`` small): ``y = [x_{i,j}]_{i,j} @ W.reshape(T * C_in, C_out)``, the
       ``T`` shifted windows of the padded input stacked on the channels (im2col);
@@ -62,14 +62,14 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
     """
     form = _tap_form(lhs.shape, rhs.shape, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
                      feature_group_count, batch_group_count, extra)
-    if form is None:
+    if form is not None and isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    if form is None or any(p < 0 for pair in padding for p in pair):  # negative padding crops: XLA's
         return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                             dimension_numbers, feature_group_count, batch_group_count,
                                             precision=precision, **extra)
     kh, kw, c_in, c_out = rhs.shape
     n, height, width, _ = lhs.shape
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads((height, width), (kh, kw), (1, 1), padding)
     (top, bottom), (left, right) = padding
     out_h, out_w = height + top + bottom - kh + 1, width + left + right - kw + 1
     taps = [(i, j) for i in range(kh) for j in range(kw)]

@@ -21,6 +21,7 @@ NHWC = ("NHWC", "HWIO", "NHWC")
     ((3, 9, 8, 24), "SAME", "output"),          # a decoder's last conv: 1 channel out
     ((3, 7, 6, 24), ((0, 2), (1, 1)), "output"),
     ((3, 9, 8, 32), "SAME", None),              # wide on both sides: XLA's convolution
+    ((3, 9, 8, 2), ((-1, 1), (1, 0)), "input"),  # negative padding (crops): handed to XLA
 ])
 @pytest.mark.parametrize("kernel", [(3, 3), (2, 3)])
 def test_tap_convolutions_equal_xlas_convolution(shape, padding, form, kernel):
