@@ -63,6 +63,35 @@ def test_image_evaluate_standard_error_over_examples():
     np.testing.assert_allclose(both["nll_nats_se"], abs(nll0 - nll1) / 2, rtol=1e-3)
 
 
+@pytest.mark.parametrize("rows_per_call,num_seeds", [(0, 1), (12, 1), (12, 2)])
+def test_image_evaluate_in_short_calls_equals_the_whole_batch_estimate(rows_per_call, num_seeds):
+    """evaluate runs the K importance samples as one call per chunk (and per row block): the NLL must
+    equal the one-call library estimate, vae.vae_log_likelihood on the same binarised batch with the
+    same key (the same draws, up to float summation order), for every seed."""
+    from gen_jax import vae
+
+    config = vae_mnist.get_config("smoke")
+    config.eval.rows_per_call = rows_per_call  # 32 images: blocks of 12, 12, 8
+    config.num_seeds = num_seeds
+    data = DataSpec(kind="image", shape=(28, 28, 1), name="mnist", num_classes=10, num_train=64)
+    task = vae_task.build(config, data)
+    state = task.init(jax.random.key(0))
+    x_raw = np.random.default_rng(2).integers(0, 256, (32, 28, 28, 1), dtype=np.uint8)
+    got = task.evaluate(state, jax.random.key(4), [{"x": x_raw}])
+    x = vae.preprocess(jnp.asarray(x_raw), jax.random.fold_in(jax.random.key(config.eval.binarize_seed), 0),
+                       vae.get_likelihood(config.objective.likelihood), config.objective.binarize)
+    is_key = jax.random.split(jax.random.fold_in(jax.random.key(4), 0))[0]
+    params = state.eval_params if num_seeds == 1 else [jax.tree.map(lambda p: p[s], state.eval_params)
+                                                        for s in range(num_seeds)]
+    model = vae_task.build_model(config, data, vae.get_likelihood(config.objective.likelihood))
+    nlls = [-float(jnp.mean(vae.vae_log_likelihood(model, p, x, is_key, likelihood=config.objective.likelihood,
+                                                    num_samples=config.eval.iwae_k,
+                                                    chunk_size=config.eval.chunk_size)))
+            for p in (params if num_seeds > 1 else [params])]
+    assert config.eval.iwae_k > config.eval.chunk_size  # several chunks
+    np.testing.assert_allclose(got["nll_nats"], np.mean(nlls), rtol=1e-5)
+
+
 def test_build_rejects_bad_config():
     data = DataSpec(kind="toy", shape=(2,), name="ring8", toy=toy.ring8())
     config = vae_toy.get_config("smoke")

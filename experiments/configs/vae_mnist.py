@@ -31,6 +31,7 @@ def get_config(arg=None):
     c.data.eval_batch_size = 500
     c.eval.iwae_k = 5000
     c.eval.chunk_size = 100  # 100 x 500 decoder passes at once (~0.5 GB of activations)
+    c.eval.rows_per_call = 0  # IS calls over the whole eval batch (each call: chunk_size x 500 decoder passes, ~2 s here)
     c.eval.elbo_samples = 1
     c.eval.binarize_seed = 0  # one fixed binarisation of the test set
     c.eval.num_samples = 64

@@ -24,6 +24,7 @@ def get_config(arg=None):
     c.objective.binarize = config_dict.placeholder(str)
     c.eval.iwae_k = 1000  # importance samples of the held-out log p(x) (nll_nats)
     c.eval.chunk_size = 250
+    c.eval.rows_per_call = 0  # IS calls over the whole eval batch
     c.eval.elbo_samples = 1
     c.eval.density_k = 256  # importance samples per point of the log-density heat map
     c.eval.binarize_seed = 0

@@ -8,8 +8,10 @@ Config fields read here (the rest is the common schema of experiments/configs/co
   ('analytic' | 'mc'), ``beta``, ``iwae_k`` (K > 1 trains on the IWAE bound), ``binarize``
   ('dynamic' | None).
 * ``eval``: ``iwae_k`` (K of the importance-sampled log p(x); 5000 is the MNIST standard),
-  ``chunk_size`` (samples per chunk of that estimate), ``elbo_samples``, ``density_k`` (K of the
-  toy log-density heat map), ``binarize_seed`` (the fixed binarisation of the test set).
+  ``chunk_size`` (samples per chunk of that estimate; one device call each), ``rows_per_call``
+  (test images per such call, 0: the whole eval batch; smaller calls stop sooner on SIGTERM),
+  ``elbo_samples``, ``density_k`` (K of the toy log-density heat map), ``binarize_seed`` (the fixed
+  binarisation of the test set).
 
 Samples: toy data are drawn from p_theta(x|z), z ~ N(0, I); images are Bernoulli means (or the
 likelihood's mean) mapped to [0, 1]. ``evaluate`` returns the test ``nll_nats`` (importance-sampled,
@@ -121,27 +123,66 @@ def build(config, data: DataSpec) -> Task:
         keys = jax.random.split(key, num_seeds) if replicas else key
         return _sample(state.eval_params, keys, n)
 
-    def _eval_one(params, x_raw, key, batch_index):
+    num_chunks = vae.num_importance_chunks(iwae_k, chunk)
+    rows_per_call = int(ev.get("rows_per_call", 0))
+
+    def _eval_prepare(params, x_raw, key, batch_index):
+        """A test batch's binarisation, posterior, IS key and ELBO sums (everything but the IS chunks)."""
         x = vae.preprocess(x_raw, jax.random.fold_in(binarize_key, batch_index), likelihood, binarize)
         is_key, elbo_key = jax.random.split(key)
-        log_px = vae.vae_log_likelihood(model, params, x, is_key, likelihood=likelihood,
-                                        num_samples=iwae_k, chunk_size=chunk)
         mean, log_var = model.apply({"params": params}, x, method="encode")
         terms = vae.elbo(vae.decoder_log_likelihood(model, params, likelihood, x), mean, log_var,
                          elbo_key, num_samples=elbo_samples, kl=obj.kl)
-        return {"log_px": jnp.sum(log_px), "log_px_sq": jnp.sum(jnp.square(log_px)), "elbo": jnp.sum(terms.elbo),
-                "recon": jnp.sum(terms.recon), "kl": jnp.sum(terms.kl)}
+        sums = {"elbo": jnp.sum(terms.elbo), "recon": jnp.sum(terms.recon), "kl": jnp.sum(terms.kl)}
+        return x, mean, log_var, is_key, sums
 
-    _eval_batch = jax.jit(per_seed(_eval_one, in_axes=(0, None, None, None)) if replicas else _eval_one)
+    def _is_chunk(params, x, mean, log_var, is_key, c, start, *, n):
+        """One chunk of the IS estimate for rows start:start + n of the batch."""
+        xr = jax.lax.dynamic_slice_in_dim(x, start, n)
+        return vae.importance_chunk_logsumexp(vae.decoder_log_likelihood(model, params, likelihood, xr), mean,
+                                              log_var, is_key, c, num_samples=iwae_k, chunk_size=chunk,
+                                              rows=(start, n))
+
+    def _log_px_sums(per_chunk):
+        log_px = vae.combine_importance_chunks(per_chunk, iwae_k)  # [B] (or [S, B])
+        return {"log_px": jnp.sum(log_px, axis=-1), "log_px_sq": jnp.sum(jnp.square(log_px), axis=-1)}
+
+    _eval_prepare_jit = jax.jit(per_seed(_eval_prepare, in_axes=(0, None, None, None)))
+    _log_px_sums_jit = jax.jit(_log_px_sums)
+
+    @functools.cache
+    def _is_chunk_jit(n):
+        return jax.jit(per_seed(functools.partial(_is_chunk, n=n), in_axes=(0, 0, 0, 0, 0, None, None)))
 
     def evaluate(state, key: jax.Array, batches: Iterable[dict]) -> dict:
+        """Test metrics. The K importance samples of each batch run as one device call per chunk of
+        ``eval.chunk_size`` samples (and per ``eval.rows_per_call`` images, 0: the whole batch), each
+        waited for, so that a long evaluation shows progress and stops promptly on SIGTERM; the
+        estimate is the same as one whole-batch call (the same draws, up to float summation order)."""
+        from tqdm.auto import tqdm
+
         totals, count = {}, 0
         for i, batch in enumerate(batches):
-            out = jax.device_get(_eval_batch(state.eval_params, jnp.asarray(batch["x"]),
-                                             jax.random.fold_in(key, i), i))
+            b = len(batch["x"])
+            x, mean, log_var, is_key, sums = _eval_prepare_jit(state.eval_params, jnp.asarray(batch["x"]),
+                                                               jax.random.fold_in(key, i), i)
+            step = rows_per_call if 0 < rows_per_call < b else b
+            blocks = [(start, min(step, b - start)) for start in range(0, b, step)]
+            per_chunk = []
+            bar = tqdm(total=num_chunks * len(blocks), desc=f"eval batch {i}: log p(x), K={iwae_k}",
+                       unit="call", leave=False, disable=None)
+            with bar:
+                for c in range(num_chunks):
+                    parts = []
+                    for start, n in blocks:
+                        parts.append(jax.block_until_ready(
+                            _is_chunk_jit(n)(state.eval_params, x, mean, log_var, is_key, c, start)))
+                        bar.update()
+                    per_chunk.append(jnp.concatenate(parts, axis=-1))
+            out = jax.device_get({**sums, **_log_px_sums_jit(jnp.stack(per_chunk))})
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
-            count += len(batch["x"])
+            count += b
         if not count:
             raise ValueError("evaluate received no evaluation batches.")
         m = {k: v / count for k, v in totals.items()}  # per seed: scalars, or [S] with replicas

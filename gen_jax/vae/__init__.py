@@ -10,7 +10,8 @@ or the tighter importance-weighted bound L_K; evaluate log p_theta(x) by importa
 
 from gen_jax.vae.distributions import (diag_normal_log_prob, kl_diag_normal, kl_monte_carlo,
                                        sample_diag_normal, standard_normal_log_prob)
-from gen_jax.vae.likelihood import importance_sampled_log_likelihood, vae_log_likelihood
+from gen_jax.vae.likelihood import (combine_importance_chunks, importance_chunk_logsumexp,
+                                   importance_sampled_log_likelihood, num_importance_chunks, vae_log_likelihood)
 from gen_jax.vae.losses import (ElboTerms, decoder_log_likelihood, elbo, iwae_bound,
                                 log_weight_terms, make_vae_loss, posterior_samples, preprocess)
 from gen_jax.vae.models import (VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, conv_vae,
@@ -32,12 +33,14 @@ __all__ = [
     "Likelihood",
     "MLPDecoder",
     "MLPEncoder",
+    "combine_importance_chunks",
     "conv_vae",
     "decode_mean",
     "decoder_log_likelihood",
     "diag_normal_log_prob",
     "elbo",
     "get_likelihood",
+    "importance_chunk_logsumexp",
     "importance_sampled_log_likelihood",
     "interpolate",
     "iwae_bound",
@@ -47,6 +50,7 @@ __all__ = [
     "log_weight_terms",
     "make_vae_loss",
     "mlp_vae",
+    "num_importance_chunks",
     "posterior_samples",
     "preprocess",
     "reconstruct",
