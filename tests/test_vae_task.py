@@ -102,3 +102,7 @@ def test_build_rejects_bad_config():
     config.model.arch = "conv"
     with pytest.raises(ValueError, match="needs image data"):
         vae_task.build(config, data)
+    config = vae_toy.get_config("smoke")
+    config.eval.rows_per_call = -1
+    with pytest.raises(ValueError, match="rows_per_call"):
+        vae_task.build(config, data)

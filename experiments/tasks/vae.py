@@ -125,6 +125,9 @@ def build(config, data: DataSpec) -> Task:
 
     num_chunks = vae.num_importance_chunks(iwae_k, chunk)
     rows_per_call = int(ev.get("rows_per_call", 0))
+    if rows_per_call < 0:
+        raise ValueError(f"config.eval.rows_per_call={rows_per_call}; expected 0 (the whole eval batch) or a "
+                         f"positive number of images per call.")
 
     def _eval_prepare(params, x_raw, key, batch_index):
         """A test batch's binarisation, posterior, IS key and ELBO sums (everything but the IS chunks)."""
