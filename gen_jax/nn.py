@@ -17,7 +17,10 @@ DOWNSAMPLE_KINDS = ("strided", "space_to_depth")
 #: forward + both gradients; experiments/BENCHMARKS.md): input taps won at C_in <= 8 (1.1-4.8x, e.g.
 #: 2 -> 128 at 14x14: 14.3 -> 3.0 ms) and lost at C_in = 16 unless C_out >= 128 (0.24-1.24x);
 #: output taps won at C_out <= 4 with C_in >= 32 (1.7-2.6x) and broke even at C_out = 8 (0.9-1.1x).
-TAP_LIMITS = {"input": 72, "output": 36}
+#: On a 2-core Intel Xeon (AVX-512) output taps also won at C_out = 8 (128 -> 8 at 7x7: 5.8 -> 3.5 ms,
+#: at 14x14: 21.5 -> 13.6 ms; 64 -> 8 at 7x7: 3.9 -> 1.9 ms) and broke even at 16 (1.05-1.2x), hence 72.
+#: 1x1 convolutions of any width are always a matmul (no shifted copies; see :func:`_tap_form`).
+TAP_LIMITS = {"input": 72, "output": 72}
 
 
 def _tap_form(x_shape, w_shape, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -33,8 +36,8 @@ def _tap_form(x_shape, w_shape, window_strides, lhs_dilation, rhs_dilation, dime
     if jax.lax.conv_dimension_numbers(x_shape, w_shape, dimension_numbers) != nhwc:
         return None
     kh, kw, c_in, c_out = w_shape
-    if kh * kw == 1:
-        return None
+    if kh * kw == 1:  # a 1x1 convolution is a matmul whatever its width: no shifted copies at all
+        return "input"
     forms = [(kh * kw * c_in, "input"), (kh * kw * c_out, "output")]
     fits = [(size, form) for size, form in forms if size <= TAP_LIMITS[form]]
     return min(fits)[1] if fits else None
@@ -55,7 +58,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
     * output taps (``T * C_out`` small): ``z = x @ W'`` with ``W'`` the ``[C_in, T * C_out]``
       kernel, then ``y = sum_{i,j} z_pad[i + ., j + ., (i, j)]``, the taps' outputs shifted and added.
 
-    Their gradients are matmuls, pads and slices too. Which form (or XLA's convolution) runs is
+    A 1x1 convolution is the input form with one tap: a plain matmul at every pixel, whose weight
+    gradient XLA computes as a dot instead of a convolution that first transposes the activations
+    (Glow's 128 -> 128 conditioner layers: 26 -> 14 ms forward + backward at 14x14, batch 128).
+
+    Their gradients are matmuls and shifts (pads) too. Which form (or XLA's convolution) runs is
     decided from the shapes by :data:`TAP_LIMITS`; everything else (strides, dilation, groups, other
     layouts, other backends: not measured there) goes to ``lax.conv_general_dilated`` unchanged.
     ``tests/test_nn.py`` checks values and gradients against it.
@@ -73,15 +80,23 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
     (top, bottom), (left, right) = padding
     out_h, out_w = height + top + bottom - kh + 1, width + left + right - kw + 1
     taps = [(i, j) for i in range(kh) for j in range(kw)]
+
+    def shifted(a: jax.Array, i: int, j: int) -> jax.Array:
+        # tap (i, j) of output (h, w) reads a[h + i - top, w + j - left] (zero outside): one lax.pad,
+        # negative where it crops. Its transpose is the opposite shift, so the gradients are shifts
+        # too (slicing a padded array instead transposes into one full-size pad per tap).
+        zero = jnp.zeros((), a.dtype)
+        return jax.lax.pad(a, zero, ((0, 0, 0), (top - i, out_h - height - top + i, 0),
+                                     (left - j, out_w - width - left + j, 0), (0, 0, 0)))
+
     if form == "input":
-        xp = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-        cols = jnp.concatenate([xp[:, i:i + out_h, j:j + out_w, :] for i, j in taps], axis=-1)
+        cols = jnp.concatenate([shifted(lhs, i, j) for i, j in taps], axis=-1)
         y = jnp.matmul(cols.reshape(-1, kh * kw * c_in), rhs.reshape(kh * kw * c_in, c_out), precision=precision)
         return y.reshape(n, out_h, out_w, c_out)
     z = jnp.matmul(lhs.reshape(-1, c_in), rhs.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out),
                    precision=precision)
-    z = jnp.pad(z.reshape(n, height, width, kh, kw, c_out), ((0, 0), (top, bottom), (left, right), (0, 0), (0, 0), (0, 0)))
-    return sum(z[:, i:i + out_h, j:j + out_w, i, j, :] for i, j in taps)
+    parts = jnp.split(z.reshape(n, height, width, kh * kw * c_out), kh * kw, axis=-1)
+    return sum(shifted(part, i, j) for part, (i, j) in zip(parts, taps))
 
 
 class Conv(nn.Conv):

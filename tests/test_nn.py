@@ -41,7 +41,24 @@ def test_tap_convolutions_equal_xlas_convolution(shape, padding, form, kernel):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_tap_form_leaves_strided_dilated_grouped_and_1x1_convolutions_to_xla():
+@pytest.mark.parametrize("padding", ["SAME", ((1, 0), (0, 2))])
+def test_1x1_convolutions_of_any_width_are_one_matmul(padding):
+    """A 1x1 convolution (Glow's and RealNVP's 128-channel conditioner layers) is a matmul at every
+    pixel: same values and gradients as XLA's convolution, and no convolution op in the program."""
+    x = jax.random.normal(jax.random.key(0), (3, 7, 6, 32))
+    w = jax.random.normal(jax.random.key(1), (1, 1, 32, 48))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+    assert gnn._tap_form(x.shape, w.shape, (1, 1), None, None, dn, 1, 1, {}) == "input"
+    ours = lambda x, w: gnn.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)  # noqa: E731
+    xla = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)  # noqa: E731
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+    np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(xla), (0, 1))(x, w)):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(loss(ours), (0, 1)))(x, w))
+
+
+def test_tap_form_leaves_strided_dilated_and_grouped_convolutions_to_xla():
     x, w = (2, 8, 8, 2), (3, 3, 2, 8)
     dn = jax.lax.conv_dimension_numbers(x, w, NHWC)
     assert gnn._tap_form(x, w, (1, 1), None, None, dn, 1, 1, {}) == "input"
@@ -49,7 +66,7 @@ def test_tap_form_leaves_strided_dilated_grouped_and_1x1_convolutions_to_xla():
     assert gnn._tap_form(x, w, (1, 1), (2, 2), None, dn, 1, 1, {}) is None
     assert gnn._tap_form(x, w, (1, 1), None, (2, 2), dn, 1, 1, {}) is None
     assert gnn._tap_form(x, (3, 3, 1, 8), (1, 1), None, None, dn, 2, 1, {}) is None
-    assert gnn._tap_form(x, (1, 1, 2, 8), (1, 1), None, None, dn, 1, 1, {}) is None
+    assert gnn._tap_form(x, (1, 1, 2, 8), (2, 2), None, None, dn, 1, 1, {}) is None  # strided 1x1
     nchw = jax.lax.conv_dimension_numbers((2, 2, 8, 8), (8, 2, 3, 3), ("NCHW", "OIHW", "NCHW"))
     assert gnn._tap_form((2, 2, 8, 8), (8, 2, 3, 3), (1, 1), None, None, nchw, 1, 1, {}) is None
 
