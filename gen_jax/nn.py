@@ -107,6 +107,53 @@ class Conv(nn.Conv):
     conv_general_dilated: Callable | None = conv_general_dilated
 
 
+class GroupNorm(nn.Module):
+    """Group normalisation (Wu & He, 2018) over ``[B, ..., C]``, with the parameters, names and results
+    of ``flax.linen.GroupNorm`` (same ``scale`` and ``bias``; equal up to float rounding), computed
+    faster on CPU.
+
+    For each example ``b`` and group ``g`` of ``C / G`` channels, with ``mu`` and ``sigma^2`` the mean
+    and variance of ``x[b, ..., c]`` over the positions and the group's channels::
+
+        y[b, ..., c] = (x[b, ..., c] - mu[b, g]) / sqrt(sigma^2[b, g] + epsilon) * scale[c] + bias[c]
+
+    Computed as flax does (``sigma^2 = E[x^2] - E[x]^2``, clipped at 0, in float32), but reduced in two
+    stages: ``sum x`` and ``sum x^2`` over the positions per channel (the channels stay contiguous,
+    so the reduction vectorises), then over each group's channels; the normalisation is one
+    ``x * a[b, c] + d[b, c]``. XLA CPU reduces flax's ``[B, H, W, G, C/G]`` layout over a strided
+    minor axis: this is 1.5-1.7x faster forward + backward at the U-Net's sizes (benchmark notes in
+    experiments/BENCHMARKS.md). ``tests/test_nn.py`` compares values and gradients with flax's.
+
+    Attributes:
+      num_groups: ``G``; must divide the channels.
+      epsilon: added to the variance.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        if x.ndim < 2 or c % self.num_groups:
+            raise ValueError(f"GroupNorm: input [B, ..., C] with C divisible by num_groups={self.num_groups}, "
+                             f"got shape {x.shape}")
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        batch, per_group = x.shape[0], c // self.num_groups
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        positions = tuple(range(1, x.ndim - 1))
+        count = per_group * (xf.size // (batch * c))
+        s1 = jnp.sum(xf, axis=positions).reshape(batch, self.num_groups, per_group)       # [B, G, C/G]
+        s2 = jnp.sum(xf * xf, axis=positions).reshape(batch, self.num_groups, per_group)
+        mean = jnp.sum(s1, axis=-1, keepdims=True) / count                                # [B, G, 1]
+        var = jnp.maximum(jnp.sum(s2, axis=-1, keepdims=True) / count - mean * mean, 0.0)
+        a = jax.lax.rsqrt(var + self.epsilon) * scale.reshape(1, self.num_groups, per_group)  # [B, G, C/G]
+        d = bias.reshape(1, self.num_groups, per_group) - mean * a
+        shape = (batch,) + (1,) * (x.ndim - 2) + (c,)
+        return xf * a.reshape(shape) + d.reshape(shape)
+
+
 def depth_to_space(h: jax.Array, block: int) -> jax.Array:
     """``[B, H, W, b*b*C] -> [B, b*H, b*W, C]``: channel ``(a*b + c)*C + k`` of pixel ``(i, j)`` goes to
     pixel ``(b*i + a, b*j + c)``, channel ``k``."""

@@ -14,15 +14,15 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.diffusion.layers import TimeEmbedding, default_init
-from gen_jax.nn import Conv
+from gen_jax.nn import Conv, GroupNorm
 
 __all__ = ["UNet", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
 
 
-def _group_norm(num_groups: int, channels: int, name: str | None = None) -> nn.GroupNorm:
+def _group_norm(num_groups: int, channels: int, name: str | None = None) -> GroupNorm:
     if channels % num_groups != 0:
         raise ValueError(f"GroupNorm: channels={channels} is not divisible by norm_groups={num_groups}")
-    return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, name=name)
+    return GroupNorm(num_groups=num_groups, epsilon=1e-6, name=name)
 
 
 class ResBlock(nn.Module):
@@ -72,8 +72,8 @@ class AttentionBlock(nn.Module):
         d = C // self.num_heads
         h = _group_norm(self.norm_groups, C, "norm")(x)
         qkv = nn.Dense(3 * C, kernel_init=default_init(), name="qkv")(h)  # [B, H, W, 3C]
-        qkv = qkv.reshape(B, H * W, 3, self.num_heads, d)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, d]
+        # split, not index: its gradient is one concatenation instead of three zero-padded copies summed
+        q, k, v = (a.reshape(B, H * W, self.num_heads, d) for a in jnp.split(qkv, 3, axis=-1))  # [B, N, heads, d]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(d))
         weights = jax.nn.softmax(logits, axis=-1)  # [B, heads, N, N]
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(B, H, W, C)

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.nn import Upsample2x, downsample_layer
+from gen_jax.nn import GroupNorm, Upsample2x, downsample_layer
 
 
 def _check_labels(labels: jax.Array | None, num_classes: int | None, batch: int, who: str) -> None:
@@ -155,7 +155,7 @@ class DCGANGenerator(nn.Module):
         if self.norm == "none":
             return h
         if self.norm == "group":
-            return nn.GroupNorm(num_groups=math.gcd(32, h.shape[-1]))(h)
+            return GroupNorm(num_groups=math.gcd(32, h.shape[-1]))(h)
         raise ValueError(f"norm must be 'group' or 'none', got {self.norm!r}")
 
     @nn.compact
