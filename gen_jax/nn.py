@@ -8,6 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["Conv", "GroupNorm", "Upsample2x", "Downsample2x", "conv_general_dilated", "depth_to_space",
+           "space_to_depth", "downsample_layer", "TAP_LIMITS", "UPSAMPLE_KINDS", "DOWNSAMPLE_KINDS"]
+
 UPSAMPLE_KINDS = ("transpose", "subpixel")
 DOWNSAMPLE_KINDS = ("strided", "space_to_depth")
 

@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 SUBPACKAGES = ["gen_jax.train", "gen_jax.data", "gen_jax.metrics", "gen_jax.flows", "gen_jax.diffusion",
-               "gen_jax.vae", "gen_jax.gan"]
+               "gen_jax.vae", "gen_jax.gan", "gen_jax.nn"]
 
 
 @pytest.mark.parametrize("name", SUBPACKAGES)
