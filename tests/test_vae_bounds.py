@@ -223,3 +223,20 @@ def test_importance_sampling_memory_bounded_in_k():
         return analysis.temp_size_in_bytes
 
     assert temp_bytes(64 * 200) <= 1.5 * temp_bytes(64 * 2) + 4096
+
+
+def test_log_weight_terms_one_sample_equals_the_vmapped_route():
+    """S = 1 calls the likelihood once, unbatched; S > 1 vmaps it. Both give log p(x|z) of each
+    sample exactly: the single sample's terms equal each row of the same sample repeated."""
+    m = _ppca(6, orthogonal=False)
+    mean, log_var = _f32(*_perturbed_q(m, 7))
+    z = vae.posterior_samples(jax.random.key(8), mean, log_var, jnp.arange(1))
+    one = vae.log_weight_terms(_log_likelihood(m), mean, log_var, z)
+    three = vae.log_weight_terms(_log_likelihood(m), mean, log_var, jnp.repeat(z, 3, axis=0))
+    closed = stats.multivariate_normal  # log N(x; W z + b, s^2 I) by scipy, per example
+    want = np.array([closed(m["w"] @ zi + m["b"], SIGMA**2 * np.eye(D)).logpdf(xi)
+                     for zi, xi in zip(np.asarray(z[0], np.float64), m["x"])])
+    np.testing.assert_allclose(one[0][0], want, rtol=1e-5, atol=1e-4)
+    for a, b in zip(one, three):
+        assert a.shape == (1, B) and b.shape == (3, B)
+        np.testing.assert_allclose(np.broadcast_to(a, b.shape), b, rtol=1e-6, atol=1e-6)

@@ -87,7 +87,10 @@ def log_weight_terms(log_likelihood: LogLikelihoodFn, mean: jax.Array, log_var: 
 
     The importance log-weight is log w_s = log p_theta(x|z_s) + log p(z_s) - log q_phi(z_s|x).
     """
-    log_px_z = jax.vmap(log_likelihood)(z)
+    # One sample (the usual ELBO) is one plain call: vmap over a size-1 axis gives the same values,
+    # but XLA CPU then reduces the decoder's sub-pixel bias gradient with a slow reduce-window
+    # (vae_conv_mnist: 12% of the step; experiments/BENCHMARKS.md).
+    log_px_z = log_likelihood(z[0])[None] if z.shape[0] == 1 else jax.vmap(log_likelihood)(z)
     if log_px_z.shape != z.shape[:2]:
         raise ValueError(
             f"log_likelihood must map z [B, k] to [B]; got {log_px_z.shape[1:]} for z {z.shape[1:]}.")
