@@ -17,6 +17,7 @@ from ml_collections import config_dict
 import experiments.configs
 from experiments import quickstart
 from experiments.run import ConfigError, train_and_evaluate, validate_config
+from subprocess_env import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(m.name for m in pkgutil.iter_modules(experiments.configs.__path__) if m.name != "common")
@@ -108,8 +109,8 @@ def test_quickstart_main_job(tmp_path):
 
 
 def _cli(*args, env_extra=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
+                          env=subprocess_env(**(env_extra or {})),
                           capture_output=True, text=True, timeout=600)
 
 

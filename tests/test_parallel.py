@@ -18,6 +18,7 @@ from gen_jax.data import toy
 from gen_jax.train import (TrainState, TwoPlayerState, check_batch_size, keep_state_sharding, local_replica, make_mesh,
                            make_optimizer, make_train_step, make_two_player_step, replicate, shard_batch,
                            shard_state)
+from subprocess_env import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TX = make_optimizer(learning_rate=1e-2)
@@ -139,9 +140,8 @@ def test_runner_with_shard_params_matches_replicated(tmp_path):
 
 
 def _cli_summary(config, workdir, devices, *extra):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     r = subprocess.run([sys.executable, "-m", "experiments.train", f"--config={config}", f"--workdir={workdir}",
-                        *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                        *extra], cwd=ROOT, env=subprocess_env(devices), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout[r.stdout.index("{"):])
 
@@ -173,7 +173,7 @@ def _free_port():
 
 def _two_processes(config, workdir, steps, *extra):
     port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = subprocess_env(devices=1)
     procs = [subprocess.Popen(
         [sys.executable, "-m", "experiments.train", f"--config={config}", f"--workdir={workdir}",
          f"--config.train.num_steps={steps}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from subprocess_env import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/configs/realnvp_toy.py"
@@ -18,19 +19,15 @@ ARGS = [f"--config={CONFIG}:smoke", "--config.train.num_steps=600", "--config.tr
         "--config.train.log_every=20"]
 
 
-def _env():
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-
-
 def _run(workdir, *extra):
     r = subprocess.run([sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdir}", *extra],
-                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, env=subprocess_env(devices=1), capture_output=True, text=True, timeout=600)
     return r
 
 
 def _start(workdir):
-    return subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdir}"],
-                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdir}"], cwd=ROOT,
+                            env=subprocess_env(devices=1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_checkpoint(proc, workdir, min_step=40, timeout=180):
