@@ -20,13 +20,15 @@ import warnings
 from collections.abc import MutableMapping
 
 #: Flags :func:`configure_xla_cpu` adds. Convolutions run on XLA's own (Eigen) kernels instead of
-#: YNNPACK's, which XLA 0.10 picks by default; dots stay on YNNPACK. On the 2-core AMD EPYC of
-#: BENCHMARKS.md this made the train steps of all four MNIST conv configs 1.12-1.25x faster.
+#: YNNPACK's, which XLA 0.10-0.12 picks by default; dots stay on YNNPACK. On the 2-core AMD EPYC of
+#: BENCHMARKS.md this made the train steps of all four MNIST conv configs 1.12-1.25x faster; on the
+#: Intel Xeon 1.28-1.6x with jaxlib 0.10, and 1.0-1.45x with jaxlib 0.11 and 0.12 (Glow, whose
+#: convolutions are mostly matmuls in gen_jax.nn.Conv, the same).
 XLA_CPU_FLAGS: tuple[str, ...] = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
 #: jaxlib (major, minor) versions the flags were tested with: XLA aborts on a flag it does not know,
 #: so other versions get none until someone measures them there.
-_KNOWN_JAXLIB = ((0, 10),)
+_KNOWN_JAXLIB = ((0, 10), (0, 11), (0, 12))
 
 
 def flag_name(flag: str) -> str:
