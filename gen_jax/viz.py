@@ -107,7 +107,7 @@ def save_curves(records: Sequence[dict], keys: Sequence[str], path: str, title: 
         raise ValueError("none of the requested keys appear in the records")
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, k in zip(axes[0], keys):
-        pts = [(r["step"], r[k]) for r in records if k in r and np.isfinite(r[k])]
+        pts = [(r["step"], r[k]) for r in records if r.get(k) is not None and np.isfinite(r[k])]
         if pts:
             ax.plot(*zip(*pts))
         ax.set_xlabel("step")

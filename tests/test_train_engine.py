@@ -1,6 +1,7 @@
 """The engine's guarantees: loss falls, traced once, vmap == separate runs, checkpoint round trip,
 interrupted-then-resumed == uninterrupted, non-finite guard, two-player step."""
 
+import json
 import os
 
 import jax
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 from gen_jax.data import toy
-from gen_jax.train import (CheckpointError, Checkpointer, NonFiniteError, TrainState, TwoPlayerState,
-                           fit, make_optimizer, make_train_step, make_two_player_step, read_metrics)
+from gen_jax.train import (CheckpointError, Checkpointer, DivergedError, MetricsWriter, NonFiniteError, TrainState,
+                           TwoPlayerState, fit, global_norm, json_dumps, make_optimizer, make_train_step,
+                           make_two_player_step, read_metrics)
 
 
 def gaussian_nll(params, batch, rng):
@@ -138,13 +140,80 @@ def test_nonfinite_updates_are_skipped_and_counted():
     assert np.all(np.isfinite(state.params["mu"]))
 
 
-def test_fit_stops_after_too_many_nonfinite(tmp_path):
+def test_fit_stops_after_too_many_consecutive_nonfinite(tmp_path):
     step = make_train_step(lambda p, b, r: (jnp.nan * jnp.sum(p["mu"]), {}))
     ck = Checkpointer(str(tmp_path / "ckpt"))
-    with pytest.raises(NonFiniteError, match="consecutive non-finite"):
+    with pytest.raises(NonFiniteError, match="10 consecutive non-finite.*no checkpoint was written"):
         fit(make_state(), step, batches_of(toy.ring8()), num_steps=50, checkpointer=ck, log_every=5,
-            max_nonfinite=10, progress=False)
+            max_nonfinite=10, max_skipped_fraction=1.0, progress=False)
     assert ck.latest_step() is None  # nothing written over a good checkpoint
+
+
+def _poisoned_nll(every: int):
+    """gaussian_nll, NaN at every ``every``-th step (a rare bad batch)."""
+    def loss_fn(params, batch, rng):
+        loss, m = gaussian_nll(params, batch, rng)
+        return jnp.where(batch["step"] % every == every - 1, jnp.nan, loss), m
+    return loss_fn
+
+
+def _counting_batches(dist):
+    b = batches_of(dist)
+
+    def gen(start):
+        for i in range(start, 10**9):
+            yield dict(b.batch_at(i), step=jnp.asarray(i))
+    return gen
+
+
+def test_fit_fails_a_run_that_skips_more_than_the_allowed_fraction(tmp_path):
+    # One update in 10 skipped: allowed at max_skipped_fraction=0.2, refused at 0.05, where the run stops
+    # at the first log point whose skipped count exceeds 5% of the run's 100 steps (6 of the first 60).
+    step = make_train_step(_poisoned_nll(10))
+    state, _ = fit(make_state(), step, _counting_batches(toy.ring8()), num_steps=100, log_every=10,
+                   max_skipped_fraction=0.2, progress=False)
+    assert int(state.nonfinite_total) == 10
+    ck = Checkpointer(str(tmp_path / "ckpt"))
+    with pytest.raises(NonFiniteError, match="6 of the first 60 updates were skipped.*more than 0.05 of the run's "
+                                             "100 steps.*the checkpoint of step 50 is kept"):
+        fit(make_state(), step, _counting_batches(toy.ring8()), num_steps=100, log_every=10, checkpointer=ck,
+            checkpoint_every=25, progress=False)
+    assert ck.all_steps() == [25, 50]
+
+
+def test_fit_stops_a_diverging_loss_and_reports_an_unclipped_grad_norm(tmp_path):
+    # Plain gradient descent on -x^2 diverges: x grows by (1 + 2 lr) per step; the loss passes 1e4 times
+    # its first value within a few log windows. grad_norm stays finite although sum(g^2) overflows float32.
+    def loss_fn(params, batch, rng):
+        del batch, rng
+        return -jnp.sum(params["x"] ** 2), {}
+
+    state = TrainState.create(params={"x": jnp.full(4, 1.0)}, tx=make_optimizer(optimizer="sgd", b1=0.0,
+                                                                                   learning_rate=0.5),
+                              key=jax.random.key(0))
+    with pytest.raises(DivergedError, match=r"the loss diverged: loss = -.* more than 10000 x max\(\|loss\| at "
+                                            r"step 1 = 4"):
+        fit(state, make_train_step(loss_fn, donate=False), batches_of(toy.ring8()), num_steps=100, log_every=2,
+            workdir=str(tmp_path), progress=False)
+    rows = read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert rows and rows[-1]["loss"] < -1e4 * 4
+    # The norm of a gradient whose squares overflow float32: finite, and right to float32 precision.
+    g = {"a": jnp.full(4, 3e20, jnp.float32), "b": jnp.full(2, -4e20, jnp.float32)}
+    assert not np.isfinite(float(jnp.sqrt(sum(jnp.sum(x**2) for x in g.values()))))
+    np.testing.assert_allclose(float(global_norm(g)), np.sqrt(4 * 9e40 + 2 * 16e40), rtol=1e-6)
+    assert np.isnan(float(global_norm({"a": jnp.array([1.0, jnp.nan])})))
+
+
+def test_metrics_file_is_valid_json_with_null_for_non_finite(tmp_path):
+    w = MetricsWriter(str(tmp_path / "m.jsonl"))
+    w.write(3, {"loss": float("nan"), "grad_norm": float("inf"), "kl": 1.5})
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    (line,) = open(tmp_path / "m.jsonl").read().splitlines()
+    assert json.loads(line, parse_constant=refuse) == {"step": 3, "loss": None, "grad_norm": None, "kl": 1.5}
+    assert json_dumps({"a": [float("-inf"), 2.0]}) == '{"a": [null, 2.0]}'
 
 
 def test_checkpoint_mismatch_and_corruption_are_reported(tmp_path):
@@ -162,7 +231,7 @@ def test_checkpoint_mismatch_and_corruption_are_reported(tmp_path):
             if "info" not in root:
                 with open(os.path.join(root, f), "r+b") as fh:
                     fh.truncate(max(0, os.path.getsize(os.path.join(root, f)) // 3))
-    with pytest.raises(CheckpointError, match="unreadable|does not match"):
+    with pytest.raises(CheckpointError, match="step 5.* is corrupt"):
         Checkpointer(str(tmp_path / "ckpt"), run_info={"family": "flow"}).restore(make_state())
 
 

@@ -3,19 +3,22 @@
 ``fit`` runs a compiled step over a deterministic batch stream from the state's own step, so a run
 restored from a checkpoint continues exactly where it stopped. Metrics stay on device between log
 points (no per-step host sync). SIGTERM/SIGINT finish the current step, write a checkpoint and
-return with ``interrupted=True``. Too many consecutive non-finite updates raise
-:class:`NonFiniteError` without writing a checkpoint, so the last good one stays intact.
+return with ``interrupted=True``. A run that diverges raises :class:`DivergedError` at the next log
+point without writing a checkpoint, so the last good one stays intact: too many skipped
+(non-finite) updates, consecutive or in all (:class:`NonFiniteError`), or a loss that grew by orders of
+magnitude over its value at the run's first step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -23,8 +26,57 @@ import numpy as np
 from gen_jax.train.checkpoint import Checkpointer
 
 
-class NonFiniteError(FloatingPointError):
-    """Training produced too many consecutive non-finite losses or gradients."""
+class DivergedError(FloatingPointError):
+    """Training diverged: too many skipped non-finite updates, or a loss that exploded."""
+
+
+class NonFiniteError(DivergedError):
+    """Training produced too many non-finite losses or gradients (consecutive, or in all)."""
+
+
+def _finite_or_none(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    return x
+
+
+def json_dumps(obj: Any, **kwargs) -> str:
+    """``json.dumps`` with NaN and +-inf written as ``null``: always valid JSON (bare ``NaN`` and
+    ``Infinity``, which Python writes by default, are not)."""
+    return json.dumps(_finite_or_none(obj), allow_nan=False, **kwargs)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def with_progress(items: Iterable, total: int | None, desc: str, *, enabled: bool = True,
+             every_s: float = 10.0) -> Iterator:
+    """Yields ``items`` while showing progress: a tqdm bar on a terminal; otherwise (a log file) a line
+    ``desc: i/total, elapsed, eta`` at most every ``every_s`` seconds and at the end."""
+    if not enabled:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        yield from tqdm(items, total=total, desc=desc, dynamic_ncols=True, leave=False, file=sys.stderr)
+        return
+    t0 = last = time.perf_counter()
+    i = 0
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= every_s and (total is None or i < total):
+            eta = f", eta {_duration((now - t0) / i * (total - i))}" if total else ""
+            print(f"{desc}: {i}/{total or '?'}, {_duration(now - t0)} elapsed{eta}", file=sys.stderr, flush=True)
+            last = now
+    print(f"{desc}: {i}/{total or i} done in {_duration(time.perf_counter() - t0)}", file=sys.stderr, flush=True)
 
 
 class MetricsWriter:
@@ -51,8 +103,9 @@ class MetricsWriter:
                 f.writelines(keep)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Appends one record; non-finite values are written as ``null`` (valid JSON)."""
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n")
+            f.write(json_dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n")
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -111,6 +164,11 @@ def _scalar_step(state: Any) -> int:
     return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
 
 
+def _loss_keys(metrics: dict) -> list[str]:
+    """The objectives among a step's metrics: ``loss`` and every ``*_loss`` (a GAN's d_loss, g_loss)."""
+    return [k for k in metrics if k == "loss" or k.endswith("_loss")]
+
+
 def fit(
     state: Any,
     train_step: Callable[[Any, Any], tuple[Any, dict]],
@@ -123,6 +181,8 @@ def fit(
     log_every: int = 100,
     hooks: list[tuple[int, Callable[[Any, int], dict | None]]] = (),
     max_nonfinite: int = 100,
+    max_skipped_fraction: float = 0.05,
+    max_loss_growth: float | None = 1e4,
     put_batch: Callable[[Any], Any] = lambda b: b,
     progress: bool = True,
     is_main_process: bool = True,
@@ -137,17 +197,31 @@ def fit(
       num_steps: total number of steps of the run.
       workdir: where ``metrics.jsonl`` goes (None: no file).
       checkpointer: saves every ``checkpoint_every`` steps, at the end, and on SIGTERM/SIGINT.
-      log_every: steps between metric logs (means over the steps since the last log).
+      log_every: steps between metric logs (means over the steps since the last log); the checks
+        below run at these points.
       hooks: ``(every, fn(state, step) -> dict | None)``; returned metrics are logged.
-      max_nonfinite: stop with NonFiniteError after this many consecutive skipped updates.
+      max_nonfinite: stop after this many consecutive skipped (non-finite) updates.
+      max_skipped_fraction: stop once more than this fraction of the run's ``num_steps`` updates were
+        skipped (counting from step 0, resumed runs included); 1 disables the check.
+      max_loss_growth: stop once ``|loss|`` (and each ``*_loss`` metric), averaged over a log window,
+        exceeds ``max_loss_growth * max(|its value at this call's first step|, 1)``; None disables.
       put_batch: places a host batch on devices (e.g. sharding over a mesh).
 
     Returns:
       ``(state, interrupted)``.
+
+    Raises:
+      NonFiniteError: too many skipped updates (consecutive, or in all).
+      DivergedError: the loss grew beyond ``max_loss_growth``.
+      Neither writes a checkpoint: the last one written stays the newest.
     """
     if num_steps < 0 or log_every < 1 or checkpoint_every < 1:
         raise ValueError(f"need num_steps >= 0, log_every >= 1, checkpoint_every >= 1; got {num_steps}, "
                          f"{log_every}, {checkpoint_every}")
+    if not 0 <= max_skipped_fraction <= 1:
+        raise ValueError(f"max_skipped_fraction must be in [0, 1], got {max_skipped_fraction!r}")
+    if max_loss_growth is not None and not max_loss_growth > 1:
+        raise ValueError(f"max_loss_growth must be > 1 or None, got {max_loss_growth!r}")
     start = _scalar_step(state)
     writer = (MetricsWriter(os.path.join(workdir, "metrics.jsonl"), resume_from=start)
               if workdir and is_main_process else None)
@@ -157,8 +231,10 @@ def fit(
         bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                    disable=None, file=sys.stderr)
     pending: list[dict] = []
-    t_last, step_last = time.perf_counter(), start
+    t_start = t_last = time.perf_counter()
+    step_last = start
     interrupted = False
+    first_losses: dict[str, float] = {}  # |loss| at this call's first step: the scale of divergence
 
     saved = {start}  # a step is written once (a signal can arrive on a checkpoint step)
 
@@ -167,32 +243,55 @@ def fit(
             checkpointer.save(step, state)
             saved.add(step)
 
+    def check(step: int, logged: dict[str, float]) -> None:
+        consecutive = int(np.max(jax.device_get(state.nonfinite_consecutive)))
+        total = int(np.max(jax.device_get(state.nonfinite_total)))
+        last = checkpointer.latest_step() if checkpointer is not None else None
+        kept = "no checkpoint was written" if last is None else f"the checkpoint of step {last} is kept"
+        advice = (f"stopped without writing a checkpoint ({kept}). Try a lower learning rate or gradient "
+                  f"clipping, or check the data.")
+        if consecutive >= max_nonfinite:
+            raise NonFiniteError(f"{consecutive} consecutive non-finite losses/gradients up to step {step}; "
+                                 + advice)
+        if total > max_skipped_fraction * num_steps:
+            raise NonFiniteError(f"{total} of the first {step} updates were skipped as non-finite, more than "
+                                 f"{max_skipped_fraction:g} of the run's {num_steps} steps; " + advice)
+        if max_loss_growth is None:
+            return
+        for k, first in first_losses.items():
+            value = logged.get(k, float("nan"))
+            if math.isfinite(value) and abs(value) > max_loss_growth * max(first, 1.0):
+                raise DivergedError(f"the loss diverged: {k} = {value:.4g} (mean of steps {step_last + 1}-{step}), "
+                                    f"more than {max_loss_growth:g} x max(|{k}| at step {start + 1} = {first:.4g}, "
+                                    f"1); " + advice)
+
     with _stop_on_signals() as stop:
         it = batches(start)
         for step in range(start + 1, num_steps + 1):
             state, metrics = train_step(state, put_batch(next(it)))
             pending.append(metrics)
+            if step == start + 1 and max_loss_growth is not None:
+                first = jax.device_get({k: metrics[k] for k in _loss_keys(metrics)})
+                first_losses = {k: abs(float(np.mean(v))) for k, v in first.items()
+                                if math.isfinite(float(np.mean(v)))}
             if step % log_every == 0 or step == num_steps:
                 host = jax.device_get(pending)
                 logged = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
                 now = time.perf_counter()
                 logged["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
-                t_last, step_last = now, step
                 logged["nonfinite_total"] = float(np.max(jax.device_get(state.nonfinite_total)))
                 pending = []
                 if writer:
                     writer.write(step, logged)
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in list(logged.items())[:4]}, refresh=False)
-                    if bar.disable:
-                        print(f"step {step}/{num_steps} " + " ".join(f"{k}={v:.4g}" for k, v in logged.items()),
+                    if bar.disable:  # not a terminal: one line per log point, with the time left
+                        rate = (step - start) / max(now - t_start, 1e-9)
+                        print(f"step {step}/{num_steps} " + " ".join(f"{k}={v:.4g}" for k, v in logged.items())
+                              + f" elapsed={_duration(now - t_start)} eta={_duration((num_steps - step) / rate)}",
                               flush=True)
-                consecutive = int(np.max(jax.device_get(state.nonfinite_consecutive)))
-                if consecutive >= max_nonfinite:
-                    raise NonFiniteError(
-                        f"{consecutive} consecutive non-finite losses/gradients up to step {step}; stopped "
-                        f"without writing a checkpoint (the last good one is kept). Lower the learning rate, "
-                        f"enable gradient clipping (optim.grad_clip) or check the data.")
+                check(step, logged)
+                t_last, step_last = now, step
             for every, fn in hooks:
                 if step % every == 0 or step == num_steps:
                     out = fn(state, step)

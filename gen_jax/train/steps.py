@@ -28,6 +28,22 @@ def _guard_nonfinite(loss: jax.Array, grads: PyTree) -> PyTree:
     return jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads)
 
 
+def global_norm(tree: PyTree) -> jax.Array:
+    """The L2 norm of all leaves, ``sqrt(sum x^2)``, without overflow: where the plain sum of squares
+    exceeds float32 (a norm above ~1.8e19) it is recomputed as ``m * sqrt(sum (x / m)^2)`` with ``m`` the
+    largest ``|x|``, so the result is ``inf`` only for a norm above float32's maximum (~3.4e38), and NaN
+    where any leaf is NaN."""
+    plain = optax.global_norm(tree)
+
+    def rescaled():
+        m = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree.leaves(tree)]))
+        safe = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
+        scaled = safe * jnp.sqrt(sum(jnp.sum(jnp.square(x / safe)) for x in jax.tree.leaves(tree)))
+        return jnp.where(jnp.isfinite(m), scaled, m).astype(plain.dtype)
+
+    return jax.lax.cond(jnp.isinf(plain), rescaled, lambda: plain)
+
+
 def _objective_update(state: TrainState, loss_fn: LossFn, *args) -> tuple[TrainState, jax.Array, Metrics]:
     """Differentiates ``loss_fn(state.params, *args[, batch_stats])`` and applies one update."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -38,7 +54,7 @@ def _objective_update(state: TrainState, loss_fn: LossFn, *args) -> tuple[TrainS
         (loss, (metrics, new_stats)), grads = grad_fn(state.params, *args, state.batch_stats)
     grads = _guard_nonfinite(loss, grads)
     new_state = state.apply_gradients(grads, new_stats)
-    return new_state, loss, dict(metrics, grad_norm=optax.global_norm(grads))
+    return new_state, loss, dict(metrics, grad_norm=global_norm(grads))
 
 
 def _compile(step: Callable, replicas: bool, batch_axis: int | None, donate: bool) -> Callable:
@@ -67,7 +83,9 @@ def make_train_step(
 
     Returns:
       ``step(state, batch) -> (state, metrics)``, metrics holding the objective's metrics plus
-      ``loss``, ``grad_norm`` and ``skipped`` (1 if the update was skipped as non-finite).
+      ``loss``, ``grad_norm`` (the global L2 norm of the gradients, computed without overflow: ``inf``
+      only above float32's maximum, NaN for a skipped non-finite update) and ``skipped`` (1 if the
+      update was skipped as non-finite).
     """
 
     def step(state: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
@@ -123,7 +141,7 @@ def make_two_player_step(
         grads = _guard_nonfinite(g_loss, grads)
         g = state.g.apply_gradients(grads)
         metrics = {**{f"d_{k}" if not k.startswith("d_") else k: v for k, v in d_metrics.items()},
-                   **g_metrics, "g_loss": g_loss, "g_grad_norm": optax.global_norm(grads),
+                   **g_metrics, "g_loss": g_loss, "g_grad_norm": global_norm(grads),
                    "skipped": 2 - g.opt_state.last_finite.astype(jnp.int32)
                    - d.opt_state.last_finite.astype(jnp.int32)}
         return TwoPlayerState(g=g, d=d), metrics
