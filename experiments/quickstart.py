@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import cli
 from experiments.run import train_and_evaluate
 from gen_jax import viz
 from gen_jax.data import toy
+from gen_jax.train import json_dumps
 
 # (family label, config module, training steps at --scale 1): about 3 minutes in all on 2 CPU cores.
 RUNS = [
@@ -79,11 +81,11 @@ def run(workdir: str, data: str = "ring8", scale: float = 1.0, restart: bool = F
                            title=f"gen_jax quickstart: {data}")
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            f.write(json_dumps(r) + "\n")
     summary = {"data": data, "entropy_nats": dist.entropy, "total_time_s": round(time.perf_counter() - t_all, 1),
                "families": rows, "panel": os.path.relpath(panel, workdir)}
     with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+        f.write(json_dumps(summary, indent=2))
     print(format_table(rows, dist.entropy))
     print(f"total {summary['total_time_s']} s; panel: {panel}")
     return summary
@@ -116,8 +118,13 @@ def main(argv=None):
 
     configure_xla_cpu()  # before the first JAX computation, as every experiments CLI
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    run(args.workdir, args.data, args.scale, args.restart)
+
+    def job() -> int:
+        run(args.workdir, args.data, args.scale, args.restart)
+        return 0
+
+    return cli.run_and_exit_code(job)  # a diverged family: exit code 3 with one line
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

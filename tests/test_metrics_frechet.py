@@ -87,3 +87,21 @@ def test_classifier_learns_and_features_separate_classes():
     same = frechet_distance_from_features(feats[labels == 0][:40], feats[labels == 0][40:])
     different = frechet_distance_from_features(feats[labels == 0], feats[labels == 1])
     assert different > 3 * same
+
+
+def test_a_saved_classifier_round_trips_and_is_refused_for_another_dataset(tmp_path):
+    images, labels = _bar_images(0, 256)
+    params = classifier.train_classifier(images, labels, key=jax.random.key(1), num_classes=3, num_steps=5,
+                                         batch_size=32)
+    path = classifier.save_classifier(str(tmp_path / "clf.msgpack"), params, dataset="bars", steps=5)
+    loaded = classifier.load_classifier(path, dataset="bars", num_classes=3, image_shape=(12, 12, 1))
+    np.testing.assert_array_equal(classifier.logits(loaded, images[:8]), classifier.logits(params, images[:8]))
+    with pytest.raises(ValueError, match="was trained on 'bars', but this run evaluates 'mnist'"):
+        classifier.load_classifier(path, dataset="mnist", num_classes=3, image_shape=(12, 12, 1))
+    with pytest.raises(ValueError, match="another architecture"):
+        classifier.load_classifier(path, dataset="bars", num_classes=10, image_shape=(12, 12, 1))
+    from flax import serialization  # a file of bare parameters, as earlier versions wrote it
+    (tmp_path / "old.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
+    with pytest.raises(ValueError, match="does not say which dataset"):
+        classifier.load_classifier(str(tmp_path / "old.msgpack"), dataset="bars", num_classes=3,
+                                   image_shape=(12, 12, 1))

@@ -1,10 +1,15 @@
 """Faults: SIGKILL mid-run then rerun == uninterrupted (bitwise on CPU); SIGTERM writes a checkpoint and
-exits cleanly, also during the final evaluation; a corrupted or incompatible checkpoint is refused, not
-overwritten; --restart starts over; each class of bad input fails before training, naming the value."""
+exits cleanly, also during the final evaluation; a corrupt newest checkpoint is moved aside and the run
+resumes from the newest intact one (bitwise the same result); an incompatible checkpoint is refused and
+the refused command changes nothing; --restart starts over; each class of bad input fails before
+training, naming the value; a diverged run never reports success."""
 
 import dataclasses
 import json
+import math
+import re
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,11 +48,39 @@ def _wait_for_checkpoint(proc, workdir, min_step=40, timeout=180):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted_run(tmp_path_factory):
+    """(workdir, completed process) of the uninterrupted reference run (do not modify the workdir)."""
     wd = str(tmp_path_factory.mktemp("full"))
     r = _run(wd)
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.load(open(os.path.join(wd, "summary.json")))
+    return wd, r
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+    return json.load(open(os.path.join(uninterrupted_run[0], "summary.json")))
+
+
+def _copy(workdir, dest):
+    shutil.copytree(workdir, dest)
+    return str(dest)
+
+
+def _snapshot(workdir):
+    """Every file under workdir with its bytes' digest (what a refused command must leave unchanged)."""
+    import hashlib
+
+    return {os.path.relpath(os.path.join(r, f), workdir): hashlib.sha256(open(os.path.join(r, f), "rb").read()).hexdigest()
+            for r, _, fs in os.walk(workdir) for f in fs}
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{path} holds {name}: not JSON")
+
+    with open(path) as f:
+        return [json.loads(line, parse_constant=refuse) for line in f] if path.endswith(".jsonl") \
+            else json.loads(f.read(), parse_constant=refuse)
 
 
 def _metrics_without_timing(workdir):
@@ -95,26 +128,47 @@ def _smoke(num_steps, **model):
     return c
 
 
-def test_corrupted_checkpoint_is_refused_not_overwritten(tmp_path):
-    from experiments.run import train_and_evaluate
-    from gen_jax.train import CheckpointError
+def test_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_intact_one(tmp_path, uninterrupted_run,
+                                                                                       uninterrupted):
+    wd = _copy(uninterrupted_run[0], tmp_path / "run")
+    os.remove(os.path.join(wd, "summary.json"))
+    newest = os.path.join(wd, "checkpoints", "600")
+    data = max((os.path.join(r, f) for r, _, fs in os.walk(newest) for f in fs if f"{os.sep}d" in r),
+               key=os.path.getsize)
+    with open(data, "r+b") as f:  # one changed byte in the array data
+        f.seek(os.path.getsize(data) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 1]))
+    damaged = open(data, "rb").read()
+    r = _run(wd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "warning: checkpoint step 600 is corrupt (file state/" in r.stderr
+    assert "resuming" in r.stdout and "from step 580 (the newest intact checkpoint)" in r.stdout
+    moved = os.path.join(wd, "checkpoints", "corrupt", "600", os.path.relpath(data, newest))
+    assert open(moved, "rb").read() == damaged  # kept for inspection, not overwritten
+    summary = json.load(open(os.path.join(wd, "summary.json")))
+    assert summary["corrupt_checkpoints_skipped"] == [600] and summary["resumed_from"] == 580
+    assert summary["params_checksum"] == uninterrupted["params_checksum"]  # bitwise the uninterrupted result
 
-    wd = str(tmp_path)
-    train_and_evaluate(_smoke(20), wd, progress=False)
-    victims = []
-    for root, _, files in os.walk(os.path.join(wd, "checkpoints", "20")):
-        for f in files:
-            p = os.path.join(root, f)
-            if "state" in root and os.path.getsize(p) > 0:
-                victims.append(p)
-                with open(p, "r+b") as fh:
-                    fh.truncate(os.path.getsize(p) // 2)
-    assert victims
-    before = {p: os.path.getsize(p) for p in victims}
-    with pytest.raises(CheckpointError, match="unreadable.*--restart"):
-        train_and_evaluate(_smoke(30), wd, progress=False)
-    assert {p: os.path.getsize(p) for p in victims} == before  # untouched
-    assert train_and_evaluate(_smoke(24), wd, restart=True, progress=False).summary["resumed_from"] is None
+
+def test_every_checkpoint_corrupt_is_refused_naming_them_changing_nothing_and_restart_starts_over(
+        tmp_path, uninterrupted_run):
+    wd = _copy(uninterrupted_run[0], tmp_path / "run")
+    steps = sorted(int(d) for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit())
+    assert steps == [560, 580, 600]
+    for step in steps:  # each save "cut off" before its seal
+        os.remove(os.path.join(wd, "checkpoints", str(step), "gen_jax_seal.json"))
+    before = _snapshot(wd)
+    line = _one_error_line(_run(wd))
+    assert re.search(r"every checkpoint in .* is corrupt: step 600: .*no seal.* \| step 580: .* \| step 560: .*"
+                     r"--restart to start over", line), line
+    assert _snapshot(wd) == before  # refused: nothing moved, nothing overwritten
+    r = _run(wd, "--restart", "--config.train.num_steps=20")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.load(open(os.path.join(wd, "summary.json")))
+    assert summary["resumed_from"] is None and summary["steps"] == 20
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["20"]
 
 
 def test_incompatible_checkpoint_names_the_mismatch(tmp_path):
@@ -201,3 +255,177 @@ def test_bad_input_fails_before_training_and_names_the_value(case, tmp_path, mon
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             run.train_and_evaluate(config, str(wd), progress=False)
     assert not (wd / "checkpoints").exists() or not os.listdir(wd / "checkpoints")
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=cwd, env=subprocess_env(devices=1),
+                          capture_output=True, text=True, timeout=600)
+
+
+def _one_error_line(r, code=2):
+    assert r.returncode == code, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-3000:]
+    return lines[0]
+
+
+def _read_only_dir(tmp_path):
+    """A folder this process cannot create anything in (root ignores permissions: /sys then)."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return str(ro / "run")
+    if os.path.isdir("/sys") and _cannot_mkdir("/sys"):
+        return f"/sys/gen_jax_test_{os.getpid()}"
+    pytest.skip("no read-only folder available to root here")
+
+
+def _cannot_mkdir(parent):
+    try:
+        os.mkdir(os.path.join(parent, f"gen_jax_probe_{os.getpid()}"))
+    except OSError:
+        return True
+    os.rmdir(os.path.join(parent, f"gen_jax_probe_{os.getpid()}"))
+    return False
+
+
+SMOKE = "--config=realnvp_toy:smoke"
+# Each bad command line: exit code 2, one "error:" line naming the problem, nothing written.
+BAD_COMMAND = {
+    "unknown key": ([SMOKE, "--config.train.num_stepz=5"], "no key train.num_stepz; did you mean train.num_steps?"),
+    "misspelt config name": (["--config=realnvp_tyo"], "did you mean realnvp_toy\\? available configs: .*vae_toy"),
+    "config path missing": (["--config=experiments/configs/nope.py"], "no such file or config; available configs"),
+    "config argument": (["--config=realnvp_toy:smokee"], "unknown config argument 'smokee'"),
+    "value of the wrong type": ([SMOKE, "--config.train.num_steps=abc"], "num_steps=abc.*invalid literal"),
+    "invalid value": ([SMOKE, "--config.optim.optimizer=adamx"], "config.optim.optimizer = 'adamx' is invalid"),
+    "no workdir": ([SMOKE], "--config and --workdir are required"),
+    "workdir is a file": ([SMOKE, "--workdir=FILE"], "is a file, not a folder"),
+    "workdir under a file": ([SMOKE, "--workdir=FILE/run"], "cannot be created: .* is a file"),
+    "read-only workdir": ([SMOKE, "--workdir=READONLY"], "not writable|cannot write to workdir"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COMMAND))
+def test_bad_command_line_is_one_error_line_exit_2_and_writes_nothing(case, tmp_path):
+    args, match = BAD_COMMAND[case]
+    (tmp_path / "file").write_text("not a folder")
+    workdir = str(tmp_path / "run")
+    subs = {"FILE": str(tmp_path / "file"), "READONLY": _read_only_dir(tmp_path) if case == "read-only workdir" else ""}
+    args = [a.replace("FILE", subs["FILE"]).replace("READONLY", subs["READONLY"]) for a in args]
+    if not any(a.startswith("--workdir") for a in args) and case != "no workdir":
+        args.append(f"--workdir={workdir}")
+    before = _snapshot(str(tmp_path))
+    line = _one_error_line(_cli(*args))
+    assert re.search(match, line), line
+    assert _snapshot(str(tmp_path)) == before and not os.path.exists(workdir)
+
+
+def test_refused_resume_changes_nothing(tmp_path, uninterrupted_run):
+    wd = _copy(uninterrupted_run[0], tmp_path / "run")
+    before = _snapshot(wd)
+    line = _one_error_line(_cli("--config=vae_toy:smoke", f"--workdir={wd}"))
+    assert "was written with family='flow' but this run has family='vae'" in line and "--restart" in line
+    assert _snapshot(wd) == before  # config.json still says flow; nothing else touched
+
+
+def test_dry_run_checks_everything_and_writes_nothing(tmp_path, uninterrupted_run):
+    wd = _copy(uninterrupted_run[0], tmp_path / "run")
+    before = _snapshot(wd)
+    r = _cli(*ARGS, f"--workdir={wd}", "--dry_run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "num_steps: 600" in r.stdout and "keep_checkpoints: 3" in r.stdout  # the resolved config
+    assert "would resume from checkpoint step 600" in r.stdout and "nothing written" in r.stdout
+    assert _snapshot(wd) == before
+    fresh = tmp_path / "fresh"
+    r = _cli(SMOKE, f"--workdir={fresh}", "--dry_run")
+    assert r.returncode == 0 and "would start at step 0" in r.stdout and not fresh.exists()
+    listing = _cli("--list_configs")
+    assert listing.returncode == 0
+    for name in ("realnvp_toy", "ddpm_mnist", "dcgan_mnist", "vae_conv_mnist", "glow_cifar10"):
+        assert re.search(rf"^  {name} +\S", listing.stdout, re.M), listing.stdout
+
+
+def test_off_a_terminal_progress_has_an_eta_and_the_final_evaluation_says_so(uninterrupted_run):
+    out, err = uninterrupted_run[1].stdout, uninterrupted_run[1].stderr
+    assert re.search(r"^step 20/600 .* elapsed=\dm\d\ds eta=\dm\d\ds$", out, re.M), out[:2000]
+    assert "final evaluation ..." in err and re.search(r"evaluating: (\d+)/\1 done in", err)
+    assert re.search(r"final evaluation done in [\d.]+ s", err)
+
+
+DIVERGING = {
+    "loss explodes": (["--config=realnvp_toy:smoke", "--config.optim.learning_rate=1e6"],
+                      "the loss diverged: loss = .* more than 10000 x"),
+    "updates skipped": (["--config=vae_toy:smoke", "--config.optim.learning_rate=1e3"],
+                        "of the first 5 updates were skipped as non-finite, more than 0.05 of the run's 20 steps"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DIVERGING))
+def test_diverged_run_exits_3_with_one_line_and_valid_json(case, tmp_path):
+    args, match = DIVERGING[case]
+    r = _cli(*args, f"--workdir={tmp_path}")
+    line = _one_error_line(r, code=3)
+    assert re.search(match, line), line
+    assert "Try a lower learning rate" in line
+    assert not (tmp_path / "summary.json").exists()
+    rows = _strict_json(str(tmp_path / "metrics.jsonl"))  # NaN/inf written as null
+    assert rows and all(math.isfinite(v) for row in rows for v in row.values() if v is not None)
+
+
+def test_the_evaluation_at_the_last_step_is_the_final_one_and_a_non_finite_one_fails_the_run(tmp_path, monkeypatch):
+    import experiments.run as run
+    from gen_jax.train import DivergedError
+
+    real_build, calls = run.build_task, []
+
+    def build_counting_with_nan_at_the_end(config, data):
+        task = real_build(config, data)
+
+        def evaluate(*args):
+            calls.append(1)
+            out = task.evaluate(*args)
+            return {**out, "nll_nats": float("nan")} if len(calls) == 2 else out
+
+        return dataclasses.replace(task, evaluate=evaluate)
+
+    monkeypatch.setattr(run, "build_task", build_counting_with_nan_at_the_end)
+    config = _smoke(20)
+    config.train.eval_every = 10
+    with pytest.raises(DivergedError, match="final evaluation is not finite \\(nll_nats = nan\\) after 20 steps"):
+        run.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert len(calls) == 2  # at step 10, and at step 20, which is the final evaluation (not run again)
+    rows = [r for r in _strict_json(str(tmp_path / "metrics.jsonl")) if "eval_num_examples" in r]
+    assert [r["step"] for r in rows] == [10, 20] and rows[-1]["eval_nll_nats"] is None
+    summary = _strict_json(str(tmp_path / "summary.json"))  # written, with null for NaN
+    assert summary["eval"]["nll_nats"] is None and summary["steps"] == 20
+
+
+def test_missing_dataset_message_has_no_false_tfds_note(tmp_path):
+    from gen_jax.data.images import DatasetNotFoundError, load_tfds
+
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_tfds("mnist", "train", str(tmp_path))
+    msg = str(err.value)
+    assert f"'mnist' (split 'train') is not prepared in {tmp_path}" in msg
+    assert "TFRECORD" not in msg and "already prepared" not in msg and "--config" not in msg
+
+
+def test_a_saved_classifier_of_another_dataset_is_refused_before_training(tmp_path, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import tensorflow_datasets as tfds
+
+    from experiments import run
+    from gen_jax.metrics import classifier
+
+    params = classifier.ConvClassifier(num_classes=10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    path = classifier.save_classifier(str(tmp_path / "clf.msgpack"), params, dataset="fashion_mnist")
+    config = _named("dcgan_mnist")
+    config.eval.classifier_path = path
+    monkeypatch.setattr(run, "fit", lambda *a, **k: pytest.fail("training started despite bad input"))
+    with tfds.testing.mock_data(num_examples=64), pytest.raises(ValueError, match="trained on 'fashion_mnist', "
+                                                                                 "but this run evaluates 'mnist'"):
+        run.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()

@@ -33,7 +33,11 @@ def base_config(
     ))
     c.train = config_dict.ConfigDict(dict(
         num_steps=num_steps, log_every=100, eval_every=0, sample_every=0, checkpoint_every=1000,
-        keep_checkpoints=3, max_nonfinite=100,
+        keep_checkpoints=3,
+        # A run fails (exit code 3) when it diverges: max_nonfinite consecutive skipped (non-finite)
+        # updates, more than max_skipped_fraction of num_steps skipped in all, or a loss whose log-window
+        # mean exceeds max_loss_growth x max(|its value at the first step|, 1) (0: no loss check).
+        max_nonfinite=100, max_skipped_fraction=0.05, max_loss_growth=1e4,
         shard_params=False,  # True: shard large parameters and optimizer state over the devices (FSDP)
     ))
     c.eval = config_dict.ConfigDict(dict(num_samples=2500))

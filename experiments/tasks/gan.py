@@ -36,7 +36,6 @@ from typing import Any, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 from ml_collections import config_dict
 
 from experiments.configs.common import optim_kwargs
@@ -171,26 +170,22 @@ def build(config, data: DataSpec) -> Task:
 
     # ---- evaluation: images ----
     cache: dict[str, Any] = {}
+    if data.kind == "image" and ev.get("classifier_path", None) and os.path.exists(ev.classifier_path):
+        # Checked now, before training: a classifier of another dataset is refused, not reused.
+        cache["params"] = clf.load_classifier(ev.classifier_path, dataset=data.name,
+                                              num_classes=data.num_classes, image_shape=data.shape)
 
     def _classifier():
         if "params" in cache:
             return cache["params"]
         path = ev.get("classifier_path", None)
         key = jax.random.key(int(ev.get("classifier_seed", 0)))
-        if path and os.path.exists(path):
-            template = jax.eval_shape(
-                lambda: clf.ConvClassifier(num_classes=data.num_classes).init(key, jnp.zeros((1,) + data.shape)))
-            with open(path, "rb") as f:
-                params = serialization.from_bytes(template["params"], f.read())
-        else:
-            x_train, y_train = image_data.load_tfds(data.name, "train", config.data.get("data_dir"))
-            params = clf.train_classifier(x_train, y_train, key=key, num_classes=data.num_classes,
-                                          num_steps=int(ev.classifier_steps),
-                                          batch_size=int(ev.classifier_batch_size))
-            if path:
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                with open(path, "wb") as f:
-                    f.write(serialization.to_bytes(jax.device_get(params)))
+        x_train, y_train = image_data.load_tfds(data.name, "train", config.data.get("data_dir"))
+        params = clf.train_classifier(x_train, y_train, key=key, num_classes=data.num_classes,
+                                      num_steps=int(ev.classifier_steps), batch_size=int(ev.classifier_batch_size))
+        if path:
+            clf.save_classifier(path, params, dataset=data.name, steps=int(ev.classifier_steps),
+                                seed=int(ev.get("classifier_seed", 0)))
         cache["params"] = params
         return params
 

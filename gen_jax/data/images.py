@@ -13,6 +13,7 @@ With several processes, each reads only its slice of every global batch.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterator
 
 import jax
@@ -68,11 +69,17 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[np.nd
     except (tfds.core.registered.DatasetNotFoundError, AssertionError, FileNotFoundError,
             NotImplementedError) as e:  # tfds reports an unprepared folder in several ways
         where = data_dir or "tfds's default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        fmt = _prepared_format(name, data_dir) if isinstance(e, NotImplementedError) else None
+        if fmt is not None:
+            raise DatasetNotFoundError(
+                f"tfds dataset {name!r} is prepared in {where} in the {fmt} format, which tfds.data_source "
+                f"cannot read at random; prepare it again with file_format='array_record' (tfds.data_source("
+                f"'{name}', data_dir='DIR', download=True) does), or point data_dir at such a copy.") from None
         raise DatasetNotFoundError(
-            f"tfds dataset {name!r} (split {split!r}) is not prepared in {where}. Either point "
-            f"--config.data.data_dir at a folder holding a prepared copy, or prepare it once on a machine "
-            f"with internet: pip install tensorflow && python -c \"import tensorflow_datasets as tfds; "
-            f"tfds.data_source('{name}', data_dir='DIR', download=True)\". ({type(e).__name__}: {e})"
+            f"tfds dataset {name!r} (split {split!r}) is not prepared in {where}. Either point data_dir "
+            f"at a folder holding a prepared copy, or prepare it once on a machine with internet: "
+            f"pip install tensorflow && python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.data_source('{name}', data_dir='DIR', download=True)\"."
         ) from None
     n = len(source)
     images, labels = [], []
@@ -87,6 +94,23 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[np.nd
     images, labels = np.concatenate(images), np.concatenate(labels)
     check_images(images, labels, f"tfds {name!r} ({split})")
     return images, labels
+
+
+def _prepared_format(name: str, data_dir: str | None) -> str | None:
+    """The file format of a prepared copy of ``name`` in ``data_dir`` (from its dataset_info.json), or
+    None if there is none."""
+    import glob
+    import json
+
+    if not data_dir:
+        return None
+    for info in sorted(glob.glob(os.path.join(data_dir, name, "*", "dataset_info.json"))):
+        try:
+            with open(info) as f:
+                return json.load(f).get("fileFormat", "tfrecord")
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def check_images(images, labels, what: str = "images") -> None:

@@ -141,3 +141,52 @@ def logits(params: PyTree, images: ArrayLike, *, batch_size: int = 1000) -> np.n
 def accuracy(params: PyTree, images: ArrayLike, labels: ArrayLike, *, batch_size: int = 1000) -> float:
     """Top-1 accuracy of the classifier on ``(images, labels)``."""
     return float(np.mean(np.argmax(logits(params, images, batch_size=batch_size), axis=-1) == np.asarray(labels)))
+
+
+def save_classifier(path: str, params: PyTree, *, dataset: str, **meta) -> str:
+    """Writes trained classifier ``params`` to ``path`` (flax msgpack) with the name of the dataset it was
+    trained on (and any other ``meta``), so :func:`load_classifier` can refuse it for another dataset."""
+    import os
+
+    from flax import serialization
+
+    record = {"meta": {"dataset": dataset, **{k: str(v) for k, v in meta.items()}},
+              "params": jax.device_get(params)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(serialization.msgpack_serialize(record))
+    os.replace(tmp, path)
+    return path
+
+
+def load_classifier(path: str, *, dataset: str, num_classes: int, image_shape: tuple[int, ...]) -> PyTree:
+    """Reads classifier params saved by :func:`save_classifier`.
+
+    Raises:
+      ValueError: the file was trained on another dataset, holds another architecture, or was saved
+        without its dataset's name (the message names the file and says what to do).
+    """
+    from flax import serialization
+
+    with open(path, "rb") as f:
+        try:
+            record = serialization.msgpack_restore(f.read())
+        except Exception as e:  # noqa: BLE001 -- msgpack raises several types for a damaged file
+            raise ValueError(f"classifier file {path} is unreadable ({type(e).__name__}); delete it to "
+                             f"train the classifier again") from None
+    meta = record.get("meta") if isinstance(record, dict) else None
+    if not meta or "dataset" not in meta:
+        raise ValueError(f"classifier file {path} does not say which dataset it was trained on (saved by an "
+                         f"older gen_jax); delete it to train the classifier again")
+    if meta["dataset"] != dataset:
+        raise ValueError(f"classifier file {path} was trained on {meta['dataset']!r}, but this run evaluates "
+                         f"{dataset!r}; give another path, or delete it to train a classifier on {dataset!r}")
+    template = jax.eval_shape(lambda: ConvClassifier(num_classes=num_classes).init(
+        jax.random.key(0), jnp.zeros((1, *image_shape))))["params"]
+    want = jax.tree.map(lambda x: x.shape, template)
+    have = jax.tree.map(lambda x: np.shape(x), record["params"])
+    if jax.tree.structure(want) != jax.tree.structure(have) or want != have:
+        raise ValueError(f"classifier file {path} holds another architecture than a ConvClassifier for "
+                         f"{num_classes} classes of {tuple(image_shape)} images; delete it to train again")
+    return jax.tree.map(jnp.asarray, record["params"])
