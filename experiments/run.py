@@ -400,7 +400,8 @@ def _finish(config, workdir, task, state, data, sample_key, log_density, summary
         summary["entropy_nats"] = data.toy.entropy
     records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     if records:
-        loss_keys = [k for k in records[-1] if k not in ("step", "steps_per_sec", "skipped")]
+        keys = dict.fromkeys(k for r in records for k in r)  # training metrics first, then eval_*
+        loss_keys = [k for k in keys if k not in ("step", "steps_per_sec", "skipped")]
         viz.save_curves(records, loss_keys[:6], os.path.join(workdir, "curves.png"), title=config.family)
     if task.figures is not None:
         summary["figures"] = [os.path.relpath(p, workdir) for p in
