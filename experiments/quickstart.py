@@ -64,16 +64,15 @@ def run(workdir: str, data: str = "ring8", scale: float = 1.0, restart: bool = F
         ev = result.summary["eval"]
         row = {"family": label, "config": module, "steps": config.train.num_steps,
                "time_s": round(time.perf_counter() - t0, 1), "nll_nats": ev.get("nll_nats"),
-               "entropy_nats": result.summary.get("entropy_nats"), "modes": ev.get("modes", ev.get("modes_mean")),
+               "entropy_nats": result.summary.get("entropy_nats"), "modes": ev.get("modes"),
                "num_modes": ev.get("num_modes", float(len(getattr(dist, "means", ())))),
-               "hq_percent": ev.get("hq_percent", ev.get("hq_percent_mean"))}
+               "hq_percent": ev.get("hq_percent")}
         rows.append(row)
-        samples = np.asarray(jax.device_get(result.task.sample(result.state, jax.random.key(1), 2000)))
-        if samples.ndim == 3:  # several seeds trained at once: show the first
-            samples = samples[0]
+        ctx = result.ctx
+        samples = ctx.sample(jax.random.key(1), 2000)[0]  # the first seed when several were trained
         density = None
-        if result.task.log_density is not None:
-            density = (lambda task, st: lambda x: task.log_density(st, jnp.asarray(x)))(result.task, result.state)
+        if ctx.log_density is not None:
+            density = (lambda f, p: lambda x: f(p, jnp.asarray(x, jnp.float32)))(ctx.log_density, ctx.params[0])
         sub = f"modes {row['modes']:.0f}/{row['num_modes']:.0f}, HQ {row['hq_percent']:.0f}%" \
             if row["modes"] is not None else ""
         columns.append({"title": label, "subtitle": sub, "samples": samples, "log_density": density})

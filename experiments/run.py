@@ -21,17 +21,19 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
-from experiments.tasks.base import DataSpec, Task
-from gen_jax import viz
+from experiments import evaluators as evaluators_lib
+from experiments import figures as figures_lib
+from experiments import outputs
+from experiments.seeds import Seeds
+from experiments.tasks.base import Context, DataSpec, Experiment
 from gen_jax.data import images as image_data
 from gen_jax.data import toy as toy_data
-from gen_jax.metrics import mode_coverage
 from gen_jax.train import (CheckpointError, Checkpointer, DivergedError, Interrupted, fit, interrupt_on_signals,
-                           json_dumps, keep_state_sharding, local_replica, make_mesh, read_metrics, replicate,
+                           json_dumps, keep_state_sharding, local_replica, make_mesh, replicate,
                            shard_batch, shard_state, with_progress)
 from gen_jax.train.parallel import check_batch_size
 
-# family name -> module with ``build(config, data) -> Task`` (explicit; nothing registers itself)
+# family name -> module with ``build(config, data) -> Experiment`` (explicit; nothing registers itself)
 FAMILIES = {
     "flow": "experiments.tasks.flows",
     "diffusion": "experiments.tasks.diffusion",
@@ -106,56 +108,35 @@ def make_data(config) -> tuple[DataSpec, Any, Any, int]:
                                     process_index=jax.process_index(), num_processes=jax.process_count())
     test = image_data.ImageBatches(x_test, y_test, min(d.eval_batch_size, len(x_test)), shuffle=False)
     spec = DataSpec(kind="image", shape=tuple(x_train.shape[1:]), name=d.name,
-                    num_classes=int(y_train.max()) + 1, num_train=len(x_train))
+                    num_classes=int(y_train.max()) + 1, num_train=len(x_train), data_dir=d.data_dir)
     return spec, train, test.epoch, test.steps_per_epoch
 
 
-def build_task(config, data: DataSpec) -> Task:
+def build_experiment(config, data: DataSpec) -> Experiment:
+    """The family builder's :class:`Experiment` for ``config``."""
     return importlib.import_module(FAMILIES[config.family]).build(config, data)
+
+
+def build_seeds(config, data: DataSpec) -> Seeds:
+    """The experiment of ``config`` with its ``config.num_seeds`` seeds."""
+    return Seeds(build_experiment(config, data), int(config.num_seeds))
 
 
 @dataclasses.dataclass
 class RunResult:
+    """A finished (or interrupted) run: its summary, seeds, final state and the evaluation context."""
+
     summary: dict
-    task: Task
+    seeds: Seeds
     state: Any
-    data: DataSpec
+    ctx: Context
     interrupted: bool
-
-
-def _replicated_axis(samples: np.ndarray, data: DataSpec) -> bool:
-    return samples.ndim == len(data.shape) + 2
-
-
-def _save_samples(task: Task, state, key, data: DataSpec, n: int, path: str, log_density=None) -> np.ndarray:
-    samples = np.asarray(jax.device_get(task.sample(state, key, n)))
-    shown = samples[0] if _replicated_axis(samples, data) else samples
-    if data.kind == "image":
-        viz.save_image_grid(shown[:64], path)
-    else:
-        real = np.asarray(data.toy.sample(jax.random.key(1), len(shown)))
-        viz.save_panel([{"title": f"data ({data.name})", "samples": real, "log_density": data.toy.log_prob},
-                        {"title": "samples", "samples": shown, "log_density": log_density}],
-                       path, data.toy.bounds)
-    return samples
 
 
 def _checksum(state) -> float:
     """sum |x| over the float leaves of the state: a cheap fingerprint to compare runs/processes."""
     leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
     return float(sum(float(jnp.sum(jnp.abs(x))) for x in leaves))
-
-
-def _toy_scores(samples: np.ndarray, data: DataSpec) -> dict:
-    dist = data.toy
-    if getattr(dist, "std", None) is None:
-        return {}
-    per = samples if _replicated_axis(samples, data) else samples[None]
-    scores = [mode_coverage(s, dist.means, dist.std) for s in per]
-    out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-    if len(scores) > 1:
-        out.update({f"{k}_std": float(np.std([s[k] for s in scores])) for k in ("modes", "hq_percent")})
-    return out
 
 
 class WorkdirError(ValueError):
@@ -187,9 +168,10 @@ class Prepared:
     mesh: Any
     data: DataSpec
     train_batches: Any
-    eval_batches: Any
-    num_eval_batches: int
-    task: Task
+    seeds: Seeds
+    ctx: Context  # what evaluators and figures see; its parameters are set after training
+    evaluators: list
+    figures: list
     state: Any
     checkpointer: Checkpointer
     resumed_from: int | None
@@ -200,8 +182,9 @@ class Prepared:
         c = self.config
         lines = [f"family {c.family}, data {self.data.name} {list(self.data.shape)}"
                  + (f" ({self.data.num_train} training examples)" if self.data.num_train else ""),
-                 f"parameters: {_num_params(self.state)}",
-                 f"{c.train.num_steps} steps at batch {c.data.batch_size} on {self.mesh.devices.size} device(s)"]
+                 f"parameters: {_num_params(self.state)}" + (f" ({c.num_seeds} seeds)" if c.num_seeds > 1 else ""),
+                 f"{c.train.num_steps} steps at batch {c.data.batch_size} on {self.mesh.devices.size} device(s)",
+                 f"evaluators: {', '.join(c.eval.evaluators) or '-'}; figures: {', '.join(c.eval.figures) or '-'}"]
         if self.restart:
             lines.append(f"--restart: would delete {self.checkpointer.directory} and start at step 0")
         elif self.resumed_from is not None:
@@ -214,10 +197,7 @@ class Prepared:
 
 
 def _num_params(state) -> int:
-    params = getattr(state, "params", None)
-    if params is None:  # a two-player state
-        params = {"g": state.g.params, "d": state.d.params}
-    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(state.params)))
 
 
 _RESTART_HINT = "Use another --workdir, or --restart to start over (it deletes the checkpoints)."
@@ -235,9 +215,12 @@ def prepare(config: config_dict.ConfigDict, workdir: str, *, restart: bool = Fal
         data, train_batches, eval_batches, num_eval_batches = make_data(config)
     except image_data.DatasetNotFoundError as e:
         raise image_data.DatasetNotFoundError(f"{e} (data_dir: --config.data.data_dir=DIR)") from None
-    task = build_task(config, data)
+    seeds = build_seeds(config, data)
+    ctx = seeds.context(data, config.eval, eval_batches, num_eval_batches)
+    evaluators = evaluators_lib.build(tuple(config.eval.evaluators), config.eval, ctx)
+    figures = figures_lib.check(tuple(config.eval.figures))
     init_key = jax.random.split(jax.random.key(config.seed), 3)[0]
-    state = task.init(init_key)
+    state = seeds.init(init_key)
     checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                 max_to_keep=config.train.keep_checkpoints,
                                 run_info={"family": config.family, "data": config.data.name})
@@ -250,8 +233,8 @@ def prepare(config: config_dict.ConfigDict, workdir: str, *, restart: bool = Fal
         if found.state is not None:
             state, resumed_from = found.state, found.step
         corrupt = found.corrupt
-    return Prepared(config, workdir, restart, mesh, data, train_batches, eval_batches, num_eval_batches, task,
-                    state, checkpointer, resumed_from, corrupt)
+    return Prepared(config, workdir, restart, mesh, data, train_batches, seeds, ctx, evaluators, figures, state,
+                    checkpointer, resumed_from, corrupt)
 
 
 def _commit(p: Prepared, main: bool) -> None:
@@ -299,39 +282,34 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
     p = prepare(config, workdir, restart=restart)
     main = jax.process_index() == 0
     _commit(p, main)
-    task, data, mesh, checkpointer = p.task, p.data, p.mesh, p.checkpointer
+    seeds, ctx, data, mesh, checkpointer = p.seeds, p.ctx, p.data, p.mesh, p.checkpointer
     if progress and main and p.resumed_from is not None:
         note = " (the newest intact checkpoint)" if p.corrupt else ""
         print(f"resuming {workdir} from step {p.resumed_from}{note}", flush=True)
 
-    key = jax.random.key(config.seed)
-    _, sample_key, eval_key = jax.random.split(key, 3)
-    state = p.state
-    state = shard_state(state, mesh) if config.train.shard_params else replicate(state, mesh)
-    state_box = [state]  # the latest state, for the density plot
-    log_density = None
-    if task.log_density is not None and data.kind == "toy":
-        log_density = lambda x: task.log_density(state_box[0], jnp.asarray(x))  # noqa: E731
-
-    samples_dir = os.path.join(workdir, "samples")
+    _, sample_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+    state = shard_state(p.state, mesh) if config.train.shard_params else replicate(p.state, mesh)
     num_steps = config.train.num_steps
     final_eval: dict[int, dict] = {}  # the periodic evaluation at the last step is the final one
+    show = 64 if data.kind == "image" else 2000  # samples in the pictures of samples/
+    eval_batches = ctx.batches  # the held-out data; evaluations see it with progress where announced
 
     def evaluate(st, key, announce: bool):
-        batches = with_progress(p.eval_batches(), p.num_eval_batches, "evaluating", enabled=announce and main)
-        return {k: float(v) for k, v in task.evaluate(st, key, batches).items()}
+        seeds.update(ctx, local_replica(st))  # on every process: gathering sharded parameters is collective
+        ctx.batches = lambda: with_progress(eval_batches(), ctx.num_batches, "evaluating", enabled=announce and main)
+        return evaluators_lib.evaluate(p.evaluators, ctx, key)
 
     def sample_hook(st, step):
-        st = state_box[0] = local_replica(st)  # on every process: gathering sharded parameters is collective
+        seeds.update(ctx, local_replica(st))
         if main:
-            _save_samples(task, st, jax.random.fold_in(sample_key, step), data, 64 if data.kind == "image"
-                          else 2000, os.path.join(samples_dir, f"step_{step:07d}.png"))
+            outputs.save_samples(ctx, jax.random.fold_in(sample_key, step), show,
+                                 os.path.join(workdir, "samples", f"step_{step:07d}.png"))
 
     def eval_hook(st, step):
         if step == num_steps:  # the same key as the final evaluation, which then reuses the result
-            final_eval[step] = out = evaluate(local_replica(st), eval_key, progress)
+            final_eval[step] = out = evaluate(st, eval_key, progress)
         else:
-            out = evaluate(local_replica(st), jax.random.fold_in(eval_key, step), False)
+            out = evaluate(st, jax.random.fold_in(eval_key, step), False)
         return {f"eval_{k}": v for k, v in out.items()}
 
     hooks = []
@@ -339,29 +317,29 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
         hooks.append((config.train.sample_every, sample_hook))
     if config.train.eval_every:
         hooks.append((config.train.eval_every, eval_hook))
-    batch_axis = 0
     t0 = time.perf_counter()
     try:
         state, interrupted = fit(
-            state, keep_state_sharding(task.train_step, state, mesh), p.train_batches, num_steps=num_steps,
+            state, keep_state_sharding(seeds.train_step, state, mesh), p.train_batches, num_steps=num_steps,
             workdir=workdir, checkpointer=checkpointer, checkpoint_every=config.train.checkpoint_every,
             log_every=config.train.log_every, hooks=hooks, max_nonfinite=config.train.max_nonfinite,
             max_skipped_fraction=config.train.max_skipped_fraction,
             max_loss_growth=config.train.max_loss_growth or None,
-            put_batch=lambda b: shard_batch(b, mesh, batch_axis), progress=progress, is_main_process=main)
+            put_batch=lambda b: shard_batch(b, mesh, 0), progress=progress, is_main_process=main)
     except DivergedError as e:
         raise type(e)(f"{e} (config: optim.learning_rate, optim.grad_clip; the limits: train.max_nonfinite, "
                       f"train.max_skipped_fraction, train.max_loss_growth)") from None
     train_time = time.perf_counter() - t0
     checkpointer.close()
-    state = state_box[0] = local_replica(state)
+    state = local_replica(state)
+    seeds.update(ctx, state)
     summary = {"family": config.family, "data": config.data.name, "steps": int(np.max(jax.device_get(state.step))),
                "train_time_s": round(train_time, 2), "resumed_from": p.resumed_from, "interrupted": interrupted,
                "params_checksum": _checksum(state)}
     if p.corrupt:
         summary["corrupt_checkpoints_skipped"] = [e.step for e in p.corrupt]
     if interrupted:
-        return RunResult(summary, task, state, data, interrupted)
+        return RunResult(summary, seeds, state, ctx, interrupted)
 
     try:
         with interrupt_on_signals():
@@ -369,12 +347,18 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
                 print("final evaluation ...", file=sys.stderr, flush=True)
             t_eval = time.perf_counter()
             summary["eval"] = final_eval.get(summary["steps"]) or evaluate(state, eval_key, progress)
-            _finish(config, workdir, task, state, data, sample_key, log_density, summary, main)
+            if data.kind == "toy":
+                summary["entropy_nats"] = data.toy.entropy
+            if main:
+                outputs.save_samples(ctx, sample_key, 64 if data.kind == "image" else config.eval.num_samples,
+                                     os.path.join(workdir, "samples.png"), density=True)
+                outputs.save_curves(workdir, config.family)
+                summary["figures"] = outputs.save_figures(p.figures, ctx, jax.random.fold_in(sample_key, 1), workdir)
             summary["eval_time_s"] = round(time.perf_counter() - t_eval, 2)
             if main:
                 with open(os.path.join(workdir, "summary.json"), "w") as f:
                     f.write(json_dumps(summary, indent=2))
-                _write_report(config, summary, workdir)
+                outputs.write_report(config, summary, workdir)
                 if progress:
                     print(f"final evaluation done in {summary['eval_time_s']} s", file=sys.stderr, flush=True)
     except Interrupted as e:
@@ -383,41 +367,6 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
                   f"checkpointed at step {summary['steps']}; rerun the same command to evaluate "
                   f"(nothing is retrained).", file=sys.stderr, flush=True)
         summary["interrupted"] = True
-        return RunResult(summary, task, state, data, True)
+        return RunResult(summary, seeds, state, ctx, True)
     _check_finite_evaluation(summary)
-    return RunResult(summary, task, state, data, interrupted)
-
-
-def _finish(config, workdir, task, state, data, sample_key, log_density, summary, main) -> None:
-    """After the test metrics: samples, toy scores, curves, family figures."""
-    if not main:
-        return
-    samples = _save_samples(task, state, sample_key, data,
-                            64 if data.kind == "image" else config.eval.num_samples,
-                            os.path.join(workdir, "samples.png"), log_density)
-    if data.kind == "toy" and not any(k.startswith("modes") for k in summary["eval"]):
-        summary["eval"].update(_toy_scores(samples, data))  # unless the task scored modes itself
-        summary["entropy_nats"] = data.toy.entropy
-    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    if records:
-        keys = dict.fromkeys(k for r in records for k in r)  # training metrics first, then eval_*
-        loss_keys = [k for k in keys if k not in ("step", "steps_per_sec", "skipped")]
-        viz.save_curves(records, loss_keys[:6], os.path.join(workdir, "curves.png"), title=config.family)
-    if task.figures is not None:
-        summary["figures"] = [os.path.relpath(p, workdir) for p in
-                              task.figures(state, jax.random.fold_in(sample_key, 1), workdir)]
-
-
-def _write_report(config, summary: dict, workdir: str) -> None:
-    lines = [f"# {config.family} on {config.data.name}", "",
-             f"steps: {summary['steps']}, train time: {summary['train_time_s']} s", "",
-             "| metric | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.4g} |" for k, v in summary["eval"].items()]  # nan/inf print as such
-    if "entropy_nats" in summary:
-        lines.append(f"| true entropy (nats) | {summary['entropy_nats']:.4g} |")
-    lines += ["", "![samples](samples.png)", ""]
-    if os.path.exists(os.path.join(workdir, "curves.png")):
-        lines += ["![curves](curves.png)", ""]
-    lines += [f"![{p}]({p})" for p in summary.get("figures", [])]
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return RunResult(summary, seeds, state, ctx, interrupted)

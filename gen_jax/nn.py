@@ -1,4 +1,11 @@
-"""Layers shared by several families."""
+"""Layers shared by several families.
+
+The one backend-specific choice in gen_jax lives here: on the CPU, stride-1 convolutions with a narrow
+side and 1x1 convolutions run as matmuls (:func:`conv_general_dilated`), which XLA's CPU convolutions
+are slow at; other backends get XLA's convolution, as Flax's layers do. :func:`set_cpu_kernels` turns
+the choice on or off everywhere (default: on when JAX's default backend is the CPU); the measurements
+behind it are in ``experiments/BENCHMARKS.md``.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +16,41 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["Conv", "GroupNorm", "Upsample2x", "Downsample2x", "conv_general_dilated", "depth_to_space",
-           "space_to_depth", "downsample_layer", "TAP_LIMITS", "UPSAMPLE_KINDS", "DOWNSAMPLE_KINDS"]
+           "space_to_depth", "downsample_layer", "TAP_LIMITS", "UPSAMPLE_KINDS", "DOWNSAMPLE_KINDS",
+           "cpu_kernels", "set_cpu_kernels"]
 
 UPSAMPLE_KINDS = ("transpose", "subpixel")
 DOWNSAMPLE_KINDS = ("strided", "space_to_depth")
 
 #: Largest ``kh * kw * C_in`` (input taps) and ``kh * kw * C_out`` (output taps) at which
 #: :func:`conv_general_dilated` computes a stride-1 convolution as one matmul over shifted copies
-#: instead of XLA's convolution. Measured on XLA CPU (2-core AMD EPYC, batch 128, 3x3 kernels,
-#: forward + both gradients; experiments/BENCHMARKS.md): input taps won at C_in <= 8 (1.1-4.8x, e.g.
-#: 2 -> 128 at 14x14: 14.3 -> 3.0 ms) and lost at C_in = 16 unless C_out >= 128 (0.24-1.24x);
-#: output taps won at C_out <= 4 with C_in >= 32 (1.7-2.6x) and broke even at C_out = 8 (0.9-1.1x).
-#: On a 2-core Intel Xeon (AVX-512) output taps also won at C_out = 8 (128 -> 8 at 7x7: 5.8 -> 3.5 ms,
-#: at 14x14: 21.5 -> 13.6 ms; 64 -> 8 at 7x7: 3.9 -> 1.9 ms) and broke even at 16 (1.05-1.2x), hence 72.
-#: 1x1 convolutions of any width are always a matmul (no shifted copies; see :func:`_tap_form`).
+#: instead of XLA's convolution: up to these sizes the matmul won on the CPUs measured, beyond them
+#: XLA's convolution did (the single-layer measurements are in experiments/BENCHMARKS.md). 1x1
+#: convolutions of any width are always a matmul (no shifted copies; see :func:`_tap_form`).
 TAP_LIMITS = {"input": 72, "output": 72}
+
+_CPU_KERNELS: bool | None = None  # None: on when JAX's default backend is the CPU
+
+
+def set_cpu_kernels(enabled: bool | None) -> None:
+    """The policy of gen_jax's CPU kernels (module docstring): ``True`` always, ``False`` never (XLA's
+    convolutions everywhere), ``None`` (the default) when JAX's default backend is the CPU. Read when a
+    model is traced: set it before building a train step."""
+    global _CPU_KERNELS
+    if enabled not in (True, False, None):
+        raise ValueError(f"set_cpu_kernels takes True, False or None, got {enabled!r}")
+    _CPU_KERNELS = enabled
+
+
+def cpu_kernels() -> bool:
+    """Whether gen_jax's CPU kernels are in use now (see :func:`set_cpu_kernels`)."""
+    return jax.default_backend() == "cpu" if _CPU_KERNELS is None else _CPU_KERNELS
 
 
 def _tap_form(x_shape, w_shape, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
               feature_group_count, batch_group_count, extra) -> str | None:
     """Which matmul form :func:`conv_general_dilated` uses for these arguments (None: XLA's conv)."""
-    if len(x_shape) != 4 or jax.default_backend() != "cpu" or any(v is not None for v in extra.values()):
+    if len(x_shape) != 4 or not cpu_kernels() or any(v is not None for v in extra.values()):
         return None
     if feature_group_count != 1 or batch_group_count != 1 or any(s != 1 for s in window_strides):
         return None
@@ -62,12 +83,12 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
       kernel, then ``y = sum_{i,j} z_pad[i + ., j + ., (i, j)]``, the taps' outputs shifted and added.
 
     A 1x1 convolution is the input form with one tap: a plain matmul at every pixel, whose weight
-    gradient XLA computes as a dot instead of a convolution that first transposes the activations
-    (Glow's 128 -> 128 conditioner layers: 26 -> 14 ms forward + backward at 14x14, batch 128).
+    gradient XLA computes as a dot instead of a convolution that first transposes the activations.
 
     Their gradients are matmuls and shifts (pads) too. Which form (or XLA's convolution) runs is
-    decided from the shapes by :data:`TAP_LIMITS`; everything else (strides, dilation, groups, other
-    layouts, other backends: not measured there) goes to ``lax.conv_general_dilated`` unchanged.
+    decided from the shapes by :data:`TAP_LIMITS` when :func:`cpu_kernels` is on; everything else
+    (strides, dilation, groups, other layouts, other backends) goes to ``lax.conv_general_dilated``
+    unchanged.
     ``tests/test_nn.py`` checks values and gradients against it.
     """
     form = _tap_form(lhs.shape, rhs.shape, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -124,8 +145,7 @@ class GroupNorm(nn.Module):
     stages: ``sum x`` and ``sum x^2`` over the positions per channel (the channels stay contiguous,
     so the reduction vectorises), then over each group's channels; the normalisation is one
     ``x * a[b, c] + d[b, c]``. XLA CPU reduces flax's ``[B, H, W, G, C/G]`` layout over a strided
-    minor axis: this is 1.5-1.7x faster forward + backward at the U-Net's sizes (benchmark notes in
-    experiments/BENCHMARKS.md). ``tests/test_nn.py`` compares values and gradients with flax's.
+    minor axis, which this avoids (measured in experiments/BENCHMARKS.md). ``tests/test_nn.py`` compares values and gradients with flax's.
 
     Attributes:
       num_groups: ``G``; must divide the channels.
@@ -191,8 +211,8 @@ def downsample_layer(features: int, kind: str = "strided",
         'VALID' convolution. Each output reads input rows and columns 2i-1..2i+2, which contain the
         windows of the 4x4 (2i-1..2i+2) and 3x3 (2i..2i+2) 'SAME' stride-2 convolutions, so it can
         represent either exactly (``tests/test_nn.py`` maps them), with every gradient a stride-1
-        convolution. Measured on XLA CPU it is not faster (benchmark: single layers 1.4-1.6x slower,
-        the DCGAN step 1.07x), so the configs keep 'strided'; it is there to compare on other devices.
+        convolution. On XLA CPU it was not faster (experiments/BENCHMARKS.md), so the configs keep
+        'strided'; it is there to compare on other devices.
       kernel: the strided convolution's kernel size (3 or 4).
     """
     if kind == "strided":

@@ -9,7 +9,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-def _plt():
+def save_figure(fig, path: str, dpi: int = 110) -> str:
+    """Lays out, writes (creating the folder) and closes a matplotlib figure; returns ``path``."""
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +71,7 @@ def save_panel(columns: Sequence[dict], path: str, bounds: tuple[float, float], 
       columns: dicts with ``title``, ``samples`` [N, 2] and optionally ``log_density``
         (a function of [N, 2] points) and ``subtitle``.
     """
-    plt = _plt()
+    plt = pyplot()
     n = len(columns)
     has_density = any(c.get("log_density") is not None for c in columns)
     rows = 2 if has_density else 1
@@ -92,16 +102,12 @@ def save_panel(columns: Sequence[dict], path: str, bounds: tuple[float, float], 
             ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_curves(records: Sequence[dict], keys: Sequence[str], path: str, title: str = "") -> str:
     """Plots ``record[key]`` against ``record['step']`` for each key present (one subplot per key)."""
-    plt = _plt()
+    plt = pyplot()
     keys = [k for k in keys if any(k in r for r in records)]
     if not keys:
         raise ValueError("none of the requested keys appear in the records")
@@ -115,8 +121,4 @@ def save_curves(records: Sequence[dict], keys: Sequence[str], path: str, title: 
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -1,4 +1,4 @@
-"""The benchmark (experiments/benchmark.py): the smoke suite runs end to end and writes a finite,
+"""The benchmark (experiments/benchmark/): the smoke suite runs end to end and writes a finite,
 positive report; its loop check really catches retraces and implicit transfers; a family that does
 not import is skipped with a note; targets are judged from the records. No timing assertions."""
 
@@ -111,11 +111,11 @@ def test_unimportable_family_is_skipped_with_a_note(monkeypatch):
 
 
 def _tiny_task_and_state():
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, model_state, batch, rng):
         del rng
         pred = batch["x"] @ params["w"]  # [B]
         loss = jnp.mean(jnp.square(pred - 1.0))
-        return loss, {"mse": loss}
+        return loss, ({"mse": loss}, model_state)
 
     step = make_train_step(loss_fn)
     state = TrainState.create(params={"w": jnp.zeros((2,))}, tx=make_optimizer(learning_rate=1e-2),
@@ -203,6 +203,10 @@ def test_config_spec_times_a_variant_next_to_its_base():
         benchmark.load_config("dcgan_mnist[model.d_downsample]", None)
     with pytest.raises(TypeError):  # the config's types hold: an int field cannot become a string
         benchmark.load_config("dcgan_mnist[data.batch_size=big]", None)
+    with pytest.raises(ValueError, match="unknown key 'model.d_downsampl'.*did you mean 'model.d_downsample'"):
+        benchmark.load_config("dcgan_mnist[model.d_downsampl=space_to_depth]", None)  # never added silently
+    with pytest.raises(ValueError, match="unknown key 'modl.d_downsample'"):
+        benchmark.load_config("dcgan_mnist[modl.d_downsample=space_to_depth]", None)
 
 
 def test_flags_section_times_gen_jax_flags_against_xlas_defaults(monkeypatch):
@@ -217,7 +221,7 @@ def test_flags_section_times_gen_jax_flags_against_xlas_defaults(monkeypatch):
         seen.append(env["XLA_FLAGS"].split())
         return types.SimpleNamespace(returncode=0, stdout=json.dumps({"median_s": 0.1 * len(seen), "iqr_s": 0.0}))
 
-    monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+    monkeypatch.setattr(benchmark.workers.subprocess, "run", fake_run)
     monkeypatch.setenv("XLA_FLAGS", " ".join(("--xla_force_host_platform_device_count=2",) + XLA_CPU_FLAGS))
     entry = benchmark.Entry("vae_conv_mnist", benchmark.load_config("vae_conv_mnist", None), "vae", "mnist")
     records = benchmark.measure_xla_flags(entry, benchmark.SUITES["standard"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gen_jax.data import images, toy
+from gen_jax.data import images, preprocess, toy
 
 
 def _grid(dist, res):
@@ -137,9 +137,9 @@ def test_missing_dataset_says_what_to_do(tmp_path):
 
 def test_preprocessing(key):
     x = jnp.array([[0, 128, 255]], jnp.uint8)
-    np.testing.assert_allclose(images.to_unit(x), [[0, 128 / 255, 1]])
-    np.testing.assert_allclose(images.to_symmetric(x), [[-1, 128 / 127.5 - 1, 1]], atol=1e-6)
-    y = images.uniform_dequantize(key, jnp.tile(x, (1000, 1)))
+    np.testing.assert_allclose(preprocess.to_unit(x), [[0, 128 / 255, 1]])
+    np.testing.assert_allclose(preprocess.to_symmetric(x), [[-1, 128 / 127.5 - 1, 1]], atol=1e-6)
+    y = preprocess.uniform_dequantize(key, jnp.tile(x, (1000, 1)))
     assert np.all((y >= x / 256.0) & (y < (x.astype(np.float32) + 1) / 256.0))
-    b = images.dynamic_binarize(key, jnp.full((20000,), 64, jnp.uint8))
+    b = preprocess.dynamic_binarize(key, jnp.full((20000,), 64, jnp.uint8))
     assert set(np.unique(b)) <= {0.0, 1.0} and abs(float(b.mean()) - 64 / 255) < 0.01

@@ -168,16 +168,17 @@ def test_loss_at_init_is_unit_eps_mse(key):
     shapes = jax.eval_shape(net.init, key, jnp.zeros((1, 16)), jnp.ones((1,), jnp.int32), jnp.zeros((1,), jnp.int32))
     params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes["params"])  # output layer is 0
     batch = {"x": u8, "label": jnp.arange(64) % 3}
-    loss, metrics = jax.jit(gd.make_diffusion_loss(net, s))(params, batch, jax.random.key(2))
+    model = gd.DiffusionModel(net, s, (16,))
+    loss, (metrics, _) = jax.jit(model.loss)(params, {}, batch, jax.random.key(2))
     assert abs(float(loss) - 1.0) < 4 * math.sqrt(2.0 / u8.size)
     assert set(metrics) == {"loss", "mse"}
-    loss_x0, _ = jax.jit(gd.make_diffusion_loss(net, s, parameterization="x0"))(params, batch, key)
+    loss_x0, _ = jax.jit(gd.DiffusionModel(net, s, (16,), parameterization="x0").loss)(params, {}, batch, key)
     x = np.asarray(u8, np.float64) / 127.5 - 1
     np.testing.assert_allclose(float(loss_x0), np.mean(x**2), rtol=1e-4)
     with pytest.raises(ValueError, match="label"):  # raised while tracing: nothing is compiled
-        jax.jit(gd.make_diffusion_loss(net, s))(params, {"x": u8}, key)
+        jax.jit(model.loss)(params, {}, {"x": u8}, key)
     with pytest.raises(ValueError, match="weighting"):
-        gd.make_diffusion_loss(net, s, weighting="snr")
+        gd.DiffusionModel(net, s, (16,), weighting="snr")
 
 
 def test_simple_loss_falls_when_training_mlp(key):
@@ -186,13 +187,13 @@ def test_simple_loss_falls_when_training_mlp(key):
     net = gd.MLPDenoiser(hidden=32, num_blocks=1, time_dim=16)
     s = NoiseSchedule.linear(200, 5e-4, 0.1)
     params = jax.jit(net.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 2)), jnp.ones((1,), jnp.int32))["params"]
-    loss_fn = gd.make_diffusion_loss(net, s)
+    loss_fn = gd.DiffusionModel(net, s, (2,)).loss
     tx = optax.adam(1e-2)
 
     @jax.jit
     def step(params, opt, i):
         x = dist.sample(jax.random.fold_in(key, i), 128)
-        (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(params, {"x": x}, jax.random.fold_in(key, -i - 1))
+        (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(params, {}, {"x": x}, jax.random.fold_in(key, -i - 1))
         upd, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, upd), opt, loss
 

@@ -83,21 +83,6 @@ def test_smoke_run(name, tmp_path):
         assert len(decades) >= 1 and sum(decades) == pytest.approx(ev["diffusion_bpd"], rel=1e-5)
 
 
-@pytest.mark.parametrize("T, keys", [(1000, ["kl_t2_10", "kl_t11_100", "kl_t101_1000"]),
-                                     (20, ["kl_t2_10", "kl_t11_20"]), (4000, None)])
-def test_diffusion_bound_by_decade_of_t(T, keys):
-    from experiments.tasks.diffusion import _kl_by_decade
-    terms = np.random.default_rng(T).random(T)
-    parts = _kl_by_decade(terms)
-    if keys is not None:
-        assert list(parts) == keys
-    else:
-        assert list(parts)[-1] == "kl_t1001_4000"
-    assert sum(parts.values()) == pytest.approx(terms[1:].sum(), rel=1e-12)  # t = 1 (L_0) excluded
-    if T == 1000:
-        assert parts["kl_t11_100"] == pytest.approx(terms[10:100].sum(), rel=1e-12)
-
-
 @pytest.mark.slow
 def test_quickstart_main_job(tmp_path):
     summary = quickstart.run(str(tmp_path), scale=0.01)
@@ -156,32 +141,3 @@ def test_validate_config_names_the_bad_value(key, value, match):
         validate_config(config)
 
 
-def test_diffusion_bound_standard_error_over_examples(monkeypatch):
-    """The bound's bits_per_dim_se is std(ddof=1) / sqrt(n) of the per-example bound over the
-    ``eval.bound_examples`` examples, with the padding of the last bound batch left out. The bound is
-    replaced by a known per-example value (the image's mean pixel) to check the bookkeeping."""
-    import jax
-
-    from experiments.tasks import diffusion as diffusion_task
-    from experiments.tasks.base import DataSpec
-    from gen_jax import diffusion
-
-    def fake_bound(apply_fn, params, schedule, x0, rng, **kw):
-        nll = x0.reshape(x0.shape[0], -1).astype(np.float32).mean(-1)
-        T, D = schedule.num_timesteps, np.prod(x0.shape[1:])
-        zero = 0.0 * nll
-        return {"nll_nats": nll, "bits_per_dim": nll / (D * np.log(2)), "prior_nats": zero, "decoder_nats": nll,
-                "diffusion_nats": zero, "terms_nats": np.zeros((1, T), np.float32) + zero[:, None]}
-
-    monkeypatch.setattr(diffusion, "variational_bound", fake_bound)
-    config = _config("ddpm_mnist", "smoke")
-    config.eval.bound_examples, config.eval.bound_batch_size = 5, 2  # 3 bound batches, one padded
-    task = diffusion_task.build(config, DataSpec(kind="image", shape=(28, 28, 1), name="mnist", num_classes=10,
-                                                 num_train=64))
-    state = task.init(jax.random.key(0))
-    x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
-    ev = task.evaluate(state, jax.random.key(1), [{"x": x[:4]}, {"x": x[4:]}])
-    per = x[:5].reshape(5, -1).mean(-1) / (784 * np.log(2))
-    assert ev["bound_examples"] == 5
-    np.testing.assert_allclose(ev["bits_per_dim"], per.mean(), rtol=1e-5)
-    np.testing.assert_allclose(ev["bits_per_dim_se"], per.std(ddof=1) / np.sqrt(5), rtol=1e-4)

@@ -10,6 +10,7 @@ import pytest
 
 import gen_jax.flows
 from gen_jax import flows
+from gen_jax.data.preprocess import uniform_dequantize
 
 
 @pytest.fixture
@@ -30,9 +31,9 @@ def _images(key, shape=(3, 4, 4, 1)):
 
 
 def test_uniform_model_scores_exactly_8_bits_per_dim(key):
-    loss_fn = flows.make_flow_loss(_UniformOnUnitCube())
+    loss_fn = flows.NormalizingFlow(_UniformOnUnitCube()).loss
     x = _images(key, (5, 6, 6, 3))
-    loss, metrics = jax.jit(loss_fn)({}, {"x": x}, key)
+    loss, (metrics, _) = jax.jit(loss_fn)({}, {}, {"x": x}, key)
     np.testing.assert_allclose(metrics["bits_per_dim"], 8.0, rtol=1e-6)
     np.testing.assert_allclose(loss, 8.0, rtol=1e-6)
     np.testing.assert_allclose(metrics["nll_nats"], 6 * 6 * 3 * math.log(256.0), rtol=1e-6)
@@ -40,13 +41,13 @@ def test_uniform_model_scores_exactly_8_bits_per_dim(key):
 
 def test_dequantize_adds_uniform_noise_inside_each_bin(key):
     x = _images(key, (64, 4, 4, 1))
-    y = flows.dequantize(key, x)
+    y = uniform_dequantize(key, x)
     v = np.asarray(y, np.float64) * 256.0
     np.testing.assert_array_equal(np.floor(v), np.asarray(x))  # x + u with u in [0, 1)
     u = v - np.asarray(x)
     assert 0.45 < u.mean() < 0.55 and u.min() >= 0.0 and u.max() < 1.0
-    with pytest.raises(ValueError, match="integer"):
-        flows.dequantize(key, y)
+    with pytest.raises(ValueError, match="integer"):  # floats are not dequantized twice
+        uniform_dequantize(key, y)
 
 
 def test_bits_per_dim_of_logit_gaussian_matches_hand_computation(key):
@@ -56,10 +57,10 @@ def test_bits_per_dim_of_logit_gaussian_matches_hand_computation(key):
     alpha = 0.05
     model = flows.MultiScaleRealNVP(image_shape=(4, 4, 1), num_scales=1, hidden=(4,), actnorm=False, alpha=alpha)
     x = _images(key)
-    params = jax.jit(model.init)(key, flows.dequantize(key, x))["params"]
-    loss, metrics = jax.jit(flows.make_flow_loss(model))(params, {"x": x}, key)
+    params = jax.jit(model.init)(key, uniform_dequantize(key, x))["params"]
+    loss, (metrics, _) = jax.jit(flows.NormalizingFlow(model).loss)(params, {}, {"x": x}, key)
 
-    y = np.asarray(flows.dequantize(key, x), np.float64)  # the same key -> the same noise
+    y = np.asarray(uniform_dequantize(key, x), np.float64)  # the same key -> the same noise
     p = alpha + (1 - 2 * alpha) * y
     z = np.log(p) - np.log1p(-p)
     log_p = np.sum(-0.5 * z**2 - 0.5 * np.log(2 * np.pi) + np.log(1 - 2 * alpha) - np.log(p) - np.log1p(-p),
@@ -74,8 +75,10 @@ def test_bits_per_dim_of_logit_gaussian_matches_hand_computation(key):
 def test_continuous_data_loss_is_exact_nll_in_nats(key):
     model = flows.RealNVP(dim=2, num_layers=2, hidden=(4,))
     x = jax.random.normal(key, (7, 2))
-    params = jax.jit(model.init)(key, x)["params"]
-    loss, metrics = jax.jit(flows.make_flow_loss(model))(params, {"x": x}, key)
+    flow = flows.NormalizingFlow(model)
+    params, model_state = flow.init(key, {"x": x})
+    loss, (metrics, new_state) = jax.jit(flow.loss)(params, model_state, {"x": x}, key)
+    assert model_state == {} and new_state == {}
     nll = 0.5 * np.sum(np.asarray(x, np.float64) ** 2, axis=1) + np.log(2 * np.pi)  # fresh flow: N(0, I)
     np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
     np.testing.assert_allclose(metrics["nll_nats"], nll.mean(), rtol=1e-5)
@@ -87,7 +90,7 @@ def test_flow_nll_and_loss_validate_inputs(key):
     with pytest.raises(ValueError, match="needs a key"):
         flows.flow_nll(model, {}, _images(key))
     with pytest.raises(ValueError, match="'x'"):
-        flows.make_flow_loss(model)({}, {"image": _images(key)}, key)
+        flows.NormalizingFlow(model).loss({}, {}, {"image": _images(key)}, key)
 
 
 def test_discrete_nll_and_bits_per_dim_conversions():

@@ -150,7 +150,7 @@ TRAINED = [
 @pytest.mark.parametrize("make", TRAINED)
 def test_trained_flow_density_integrates_to_one(make, key):
     model = make()
-    loss_fn = flows.make_flow_loss(model)
+    loss_fn = flows.NormalizingFlow(model).loss
     tx = optax.adam(3e-3)
     num_steps, batch, half_width, n_grid = 300, 256, 6.0, 241
 
@@ -161,7 +161,8 @@ def test_trained_flow_density_integrates_to_one(make, key):
 
         def step(carry, k):
             params, opt_state = carry
-            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, {"x": _mixture_sample(k, batch)}, k)
+            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, {}, {"x": _mixture_sample(k, batch)},
+                                                                          k)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 

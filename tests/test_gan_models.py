@@ -120,14 +120,15 @@ def test_loss_fns_compute_the_seed_value_function():
     """With the minimax loss, d_loss = -V(D, G) on the very samples the step draws, and g_loss is
     the seed's E log(1 - D(G(z)))."""
     g, d, (g_params, d_params, _) = _toy_players()
-    d_loss_fn, g_loss_fn = gan.make_gan_losses(g, d, latent_dim=3, loss="minimax")
+    model = gan.GAN(g, d, latent_dim=3, loss="minimax")
     batch = {"x": jax.random.normal(jax.random.key(1), (8, 2))}
     rng = jax.random.key(2)
+    params, state = {"g": g_params, "d": d_params}, {"g": {}, "d": {}}
 
     @jax.jit
     def run(rng):
-        d_loss, metrics = d_loss_fn(d_params, g_params, batch, rng)
-        g_loss, _ = g_loss_fn(g_params, d_params, batch, rng)
+        d_loss, (metrics, _) = model.d_loss(params, state, batch, rng)
+        g_loss, _ = model.g_loss(params, state, batch, rng)
         # The same samples, drawn and scored independently of the factory.
         fake = gan.generate(g, g_params, jax.random.split(rng)[0], 8, latent_dim=3)
         v = gan.value_function(d.apply({"params": d_params}, batch["x"]), d.apply({"params": d_params}, fake))
@@ -146,14 +147,14 @@ def test_loss_fns_penalties_and_images():
     g, d = gan.DCGANGenerator(shape, base_features=4), gan.DCGANDiscriminator(shape, base_features=4)
     g_params, d_params, _ = gan.init_gan(g, d, jax.random.key(0), latent_dim=4, data_shape=shape)
     batch = {"x": jax.random.randint(jax.random.key(1), (4,) + shape, 0, 256).astype(jnp.uint8)}
-    base, _ = gan.make_gan_losses(g, d, latent_dim=4, loss="wasserstein")
-    with_gp, _ = gan.make_gan_losses(g, d, latent_dim=4, loss="wasserstein", gp_weight=10.0, r1_weight=2.0)
-    rng = jax.random.key(3)
+    base = gan.GAN(g, d, latent_dim=4, loss="wasserstein")
+    with_gp = gan.GAN(g, d, latent_dim=4, loss="wasserstein", gp_weight=10.0, r1_weight=2.0)
+    rng, state = jax.random.key(3), {"g": {}, "d": {}}
 
     @jax.jit  # one compiled program for all three computations
     def run(d_params, g_params, batch):
-        l0, _ = base(d_params, g_params, batch, rng)
-        l1, m1 = with_gp(d_params, g_params, batch, rng)
+        l0, _ = base.d_loss({"g": g_params, "d": d_params}, state, batch, rng)
+        l1, (m1, _) = with_gp.d_loss({"g": g_params, "d": d_params}, state, batch, rng)
         r1 = gan.r1_penalty(lambda v: d.apply({"params": d_params}, v), gan.preprocess(batch["x"]))
         return l0, l1, m1, r1
 
@@ -162,12 +163,14 @@ def test_loss_fns_penalties_and_images():
     np.testing.assert_allclose(m1["d_r1"], jnp.mean(r1), rtol=1e-4)
 
 
-def test_make_gan_losses_validates():
+def test_gan_validates():
     g, d, _ = _toy_players()
     with pytest.raises(ValueError, match="loss must be one of"):
-        gan.make_gan_losses(g, d, latent_dim=3, loss="vanilla")
+        gan.GAN(g, d, latent_dim=3, loss="vanilla")
     with pytest.raises(ValueError, match="packing"):
-        gan.make_gan_losses(g, d, latent_dim=3, conditional=True, pack_size=2)
+        gan.GAN(g, d, latent_dim=3, num_classes=10, pack_size=2)
+    with pytest.raises(ValueError, match="n_critic"):
+        gan.GAN(g, d, latent_dim=3, n_critic=0)
 
 
 def test_public_api_is_importable():

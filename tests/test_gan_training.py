@@ -7,17 +7,17 @@ import numpy as np
 
 from gen_jax import gan
 from gen_jax.data import toy
-from gen_jax.train import TrainState, TwoPlayerState, make_optimizer, make_two_player_step
+from gen_jax.train import TwoPlayerState, make_optimizer, make_two_player_step
 
 LATENT = 4
 
 
-def _init(key, g, d):
-    g_params, d_params, d_stats = gan.init_gan(g, d, key, latent_dim=LATENT, data_shape=(2,))
+def _init(key, model):
+    params, model_state = model.init(key, {"x": jnp.zeros((1, 2))})
     g_key, d_key = jax.random.split(jax.random.fold_in(key, 1))
     tx = make_optimizer(learning_rate=5e-3, b1=0.5, b2=0.99)
-    return TwoPlayerState(g=TrainState.create(params=g_params, tx=tx, key=g_key, ema_decay=0.9),
-                          d=TrainState.create(params=d_params, tx=tx, key=d_key, batch_stats=d_stats))
+    return TwoPlayerState.create(params=params, model_state=model_state, g_tx=tx, d_tx=tx, g_key=g_key,
+                                 d_key=d_key, ema_decay=0.9)
 
 
 def _mean_distance_to_modes(x, means):
@@ -30,9 +30,9 @@ def test_two_player_step_moves_samples_to_the_ring():
     means = jnp.asarray(ring.means, jnp.float32)
     g = gan.MLPGenerator(hidden=(64, 64))
     d = gan.MLPDiscriminator(hidden=(64, 64))
-    d_loss_fn, g_loss_fn = gan.make_gan_losses(g, d, latent_dim=LATENT, loss="non_saturating", r1_weight=0.1)
-    step = make_two_player_step(d_loss_fn, g_loss_fn, replicas=True)
-    state = jax.jit(jax.vmap(lambda k: _init(k, g, d)))(jax.random.split(jax.random.key(0), 2))  # 2 seeds
+    model = gan.GAN(g, d, latent_dim=LATENT, loss="non_saturating", r1_weight=0.1)
+    step = make_two_player_step(model.d_loss, model.g_loss, replicas=True)
+    state = jax.jit(jax.vmap(lambda k: _init(k, model)))(jax.random.split(jax.random.key(0), 2))  # 2 seeds
     sample = jax.jit(jax.vmap(lambda p: gan.generate(g, p, jax.random.key(9), 1000, latent_dim=LATENT)))
     before = [_mean_distance_to_modes(x, means) for x in sample(state.g.params)]
 
@@ -59,14 +59,14 @@ def test_spectral_norm_discriminator_trains_through_the_engine():
     ring = toy.ring8()
     g = gan.MLPGenerator(hidden=(32,))
     d = gan.MLPDiscriminator(hidden=(32,), spectral_norm=True)
-    d_loss_fn, g_loss_fn = gan.make_gan_losses(g, d, latent_dim=LATENT, loss="hinge")
-    step = make_two_player_step(d_loss_fn, g_loss_fn, n_critic=2)
-    state = jax.jit(lambda k: _init(k, g, d))(jax.random.key(3))
-    u0 = np.asarray(state.d.batch_stats["SpectralNorm_0"]["Dense_0/kernel/u"])  # the step donates state
+    model = gan.GAN(g, d, latent_dim=LATENT, loss="hinge", n_critic=2)
+    step = make_two_player_step(model.d_loss, model.g_loss, n_critic=model.n_critic)
+    state = jax.jit(lambda k: _init(k, model))(jax.random.key(3))
+    u0 = np.asarray(state.d.model_state["batch_stats"]["SpectralNorm_0"]["Dense_0/kernel/u"])  # step donates state
     state, metrics = step(state, {"x": ring.sample(jax.random.key(4), 64)})
     state, metrics = step(state, {"x": ring.sample(jax.random.key(5), 64)})
     assert int(state.d.step) == 4 and int(state.g.step) == 2  # n_critic D updates per G update
     assert np.isfinite(float(metrics["d_loss"])) and np.isfinite(float(metrics["g_loss"]))
     assert int(metrics["skipped"]) == 0
-    u1 = state.d.batch_stats["SpectralNorm_0"]["Dense_0/kernel/u"]
+    u1 = state.d.model_state["batch_stats"]["SpectralNorm_0"]["Dense_0/kernel/u"]
     assert float(jnp.max(jnp.abs(u1 - u0))) > 1e-6  # the power-iteration state is carried

@@ -86,6 +86,26 @@ def test_conv_module_matches_flax_conv_and_takes_the_tap_route():
     assert "conv_general_dilated" in str(jax.make_jaxpr(lambda p: Conv(32, (3, 3)).apply(p, wide))(wide_params))
 
 
+def test_set_cpu_kernels_is_the_one_switch_of_the_tap_route():
+    """The CPU kernels follow one policy: on by default on the CPU, off everywhere with
+    set_cpu_kernels(False) (XLA's convolution, as other backends get), back to the default with None."""
+    x = jnp.zeros((2, 10, 10, 2))
+    params = Conv(32, (3, 3)).init(jax.random.key(1), x)
+
+    def has_conv():
+        return "conv_general_dilated" in str(jax.make_jaxpr(lambda p: Conv(32, (3, 3)).apply(p, x))(params))
+
+    assert gnn.cpu_kernels() and not has_conv()
+    try:
+        gnn.set_cpu_kernels(False)
+        assert not gnn.cpu_kernels() and has_conv()
+    finally:
+        gnn.set_cpu_kernels(None)
+    assert gnn.cpu_kernels() and not has_conv()
+    with pytest.raises(ValueError, match="True, False or None"):
+        gnn.set_cpu_kernels("auto")
+
+
 @pytest.mark.parametrize("kernel", [3, 4])  # the VAE decoder's and DCGAN's transposed convolutions
 def test_subpixel_upsampling_represents_the_transposed_convolution_exactly(kernel):
     """The transposed conv is linear: read its response to a unit impulse at input pixel (2, 2) and put

@@ -38,12 +38,12 @@ def mlp(params, x):
     return x
 
 
-def regression_loss(params, batch, rng):
+def regression_loss(params, model_state, batch, rng):
     """A per-example loss reduced over the (sharded) batch: the mean must be taken globally."""
     x = batch["x"] + 0.01 * jax.random.normal(rng, batch["x"].shape)
     pred = mlp(params, x)
     loss = jnp.mean(jnp.sum((pred - jnp.flip(x, axis=1)) ** 2, axis=1))
-    return loss, {}
+    return loss, ({}, model_state)
 
 
 def run_on(devices, make_state, step, num_steps=8):
@@ -69,13 +69,14 @@ def test_four_devices_equal_one_device_single_objective():
 
 def test_four_devices_equal_one_device_two_player():
     assert jax.device_count() >= 4, "conftest forces 4 host devices"
-    def d_loss(dp, gp, batch, rng):
+    def d_loss(params, ms, batch, rng):
+        dp, gp = params["d"], params["g"]
         fake = mlp(gp, jax.random.normal(rng, batch["x"].shape))
-        return jnp.mean(jax.nn.softplus(-mlp(dp, batch["x"]))) + jnp.mean(jax.nn.softplus(mlp(dp, fake))), {}
+        return jnp.mean(jax.nn.softplus(-mlp(dp, batch["x"]))) + jnp.mean(jax.nn.softplus(mlp(dp, fake))), ({}, ms)
 
-    def g_loss(gp, dp, batch, rng):
-        fake = mlp(gp, jax.random.normal(rng, batch["x"].shape))
-        return jnp.mean(jax.nn.softplus(-mlp(dp, fake))), {}
+    def g_loss(params, ms, batch, rng):
+        fake = mlp(params["g"], jax.random.normal(rng, batch["x"].shape))
+        return jnp.mean(jax.nn.softplus(-mlp(params["d"], fake))), ({}, ms)
 
     def make_state():
         return TwoPlayerState(g=TrainState.create(params=mlp_params(jax.random.key(0), [2, 16, 2]), tx=TX,

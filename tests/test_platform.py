@@ -44,6 +44,17 @@ def test_warns_when_the_backend_already_runs(monkeypatch):
         assert configure_xla_cpu() == XLA_CPU_FLAGS
 
 
+def test_the_one_private_jax_import_is_still_there():
+    """platform._backend_started reads jax._src.xla_bridge.backends_are_initialized (JAX has no public
+    API for it) and falls back to False if the import fails: this fails loudly when JAX moves it."""
+    import jax.numpy as jnp
+    from jax._src import xla_bridge
+
+    assert callable(xla_bridge.backends_are_initialized)
+    jnp.zeros(1).block_until_ready()
+    assert platform._backend_started() is True
+
+
 _PROBE = textwrap.dedent("""
     import json, re, sys
     if sys.argv[1] == "configure":

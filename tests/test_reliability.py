@@ -4,7 +4,6 @@ resumes from the newest intact one (bitwise the same result); an incompatible ch
 the refused command changes nothing; --restart starts over; each class of bad input fails before
 training, naming the value; a diverged run never reports success."""
 
-import dataclasses
 import json
 import math
 import re
@@ -185,19 +184,14 @@ def test_sigterm_during_final_evaluation_is_reported_and_rerun_evaluates(tmp_pat
     import experiments.run as run
 
     wd = str(tmp_path)
-    real_build = run.build_task
+    real_evaluate = run.evaluators_lib.evaluate
 
-    def build_that_is_killed_while_evaluating(config, data):
-        task = real_build(config, data)
+    def evaluate_and_be_killed(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, in the middle of the evaluation
+        time.sleep(5)  # the handler runs at once; reaching the next line would mean it did not
+        return real_evaluate(*args)
 
-        def evaluate(*args):
-            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, in the middle of the evaluation
-            time.sleep(5)  # the handler runs at once; reaching the next line would mean it did not
-            return task.evaluate(*args)
-
-        return dataclasses.replace(task, evaluate=evaluate)
-
-    monkeypatch.setattr(run, "build_task", build_that_is_killed_while_evaluating)
+    monkeypatch.setattr(run.evaluators_lib, "evaluate", evaluate_and_be_killed)
     handler_before = signal.getsignal(signal.SIGTERM)
     result = run.train_and_evaluate(_smoke(12), wd, progress=False)
     assert result.interrupted and result.summary["steps"] == 12
@@ -205,7 +199,7 @@ def test_sigterm_during_final_evaluation_is_reported_and_rerun_evaluates(tmp_pat
     assert not os.path.exists(os.path.join(wd, "summary.json"))
     assert "12" in os.listdir(os.path.join(wd, "checkpoints"))
     assert signal.getsignal(signal.SIGTERM) is handler_before  # handler restored
-    monkeypatch.setattr(run, "build_task", real_build)
+    monkeypatch.setattr(run.evaluators_lib, "evaluate", real_evaluate)
     again = run.train_and_evaluate(_smoke(12), wd, progress=False)
     assert not again.interrupted and again.summary["resumed_from"] == 12
     assert again.summary["params_checksum"] == result.summary["params_checksum"]
@@ -378,19 +372,14 @@ def test_the_evaluation_at_the_last_step_is_the_final_one_and_a_non_finite_one_f
     import experiments.run as run
     from gen_jax.train import DivergedError
 
-    real_build, calls = run.build_task, []
+    real_evaluate, calls = run.evaluators_lib.evaluate, []
 
-    def build_counting_with_nan_at_the_end(config, data):
-        task = real_build(config, data)
+    def evaluate_counting_with_nan_at_the_end(*args):
+        calls.append(1)
+        out = real_evaluate(*args)
+        return {**out, "nll_nats": float("nan")} if len(calls) == 2 else out
 
-        def evaluate(*args):
-            calls.append(1)
-            out = task.evaluate(*args)
-            return {**out, "nll_nats": float("nan")} if len(calls) == 2 else out
-
-        return dataclasses.replace(task, evaluate=evaluate)
-
-    monkeypatch.setattr(run, "build_task", build_counting_with_nan_at_the_end)
+    monkeypatch.setattr(run.evaluators_lib, "evaluate", evaluate_counting_with_nan_at_the_end)
     config = _smoke(20)
     config.train.eval_every = 10
     with pytest.raises(DivergedError, match="final evaluation is not finite \\(nll_nats = nan\\) after 20 steps"):

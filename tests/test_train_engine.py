@@ -15,12 +15,13 @@ from gen_jax.train import (CheckpointError, Checkpointer, DivergedError, Metrics
                            make_two_player_step, read_metrics)
 
 
-def gaussian_nll(params, batch, rng):
-    """NLL of N(mu, exp(2 s) I) with a noisy term so the rng matters."""
+def gaussian_nll(params, model_state, batch, rng):
+    """NLL of N(mu, exp(2 s) I) with a noisy term so the rng matters (the one objective signature of
+    gen_jax.model: ``(params, model_state, batch, rng) -> (loss, (metrics, model_state))``)."""
     x = batch["x"] + 0.01 * jax.random.normal(rng, batch["x"].shape)
     mu, log_s = params["mu"], params["log_s"]
     nll = jnp.sum(0.5 * ((x - mu[None]) / jnp.exp(log_s)[None]) ** 2 + log_s[None] + 0.5 * jnp.log(2 * jnp.pi), -1)
-    return jnp.mean(nll), {"nll_nats": jnp.mean(nll)}
+    return jnp.mean(nll), ({"nll_nats": jnp.mean(nll)}, model_state)
 
 
 TX = make_optimizer(learning_rate=0.05)
@@ -47,9 +48,9 @@ def test_loss_falls_and_reaches_closed_form():
 def test_step_traces_once():
     traces = []
 
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, model_state, batch, rng):
         traces.append(1)
-        return gaussian_nll(params, batch, rng)
+        return gaussian_nll(params, model_state, batch, rng)
 
     step = make_train_step(loss_fn)
     state = make_state()
@@ -119,10 +120,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
 
 
 def test_nonfinite_updates_are_skipped_and_counted():
-    def loss_fn(params, batch, rng):
-        loss, m = gaussian_nll(params, batch, rng)
+    def loss_fn(params, model_state, batch, rng):
+        loss, aux = gaussian_nll(params, model_state, batch, rng)
         bad = batch["poison"] > 0
-        return jnp.where(bad, jnp.nan, loss), m
+        return jnp.where(bad, jnp.nan, loss), aux
 
     step = make_train_step(loss_fn)
     state = make_state()
@@ -141,7 +142,7 @@ def test_nonfinite_updates_are_skipped_and_counted():
 
 
 def test_fit_stops_after_too_many_consecutive_nonfinite(tmp_path):
-    step = make_train_step(lambda p, b, r: (jnp.nan * jnp.sum(p["mu"]), {}))
+    step = make_train_step(lambda p, ms, b, r: (jnp.nan * jnp.sum(p["mu"]), ({}, ms)))
     ck = Checkpointer(str(tmp_path / "ckpt"))
     with pytest.raises(NonFiniteError, match="10 consecutive non-finite.*no checkpoint was written"):
         fit(make_state(), step, batches_of(toy.ring8()), num_steps=50, checkpointer=ck, log_every=5,
@@ -151,9 +152,9 @@ def test_fit_stops_after_too_many_consecutive_nonfinite(tmp_path):
 
 def _poisoned_nll(every: int):
     """gaussian_nll, NaN at every ``every``-th step (a rare bad batch)."""
-    def loss_fn(params, batch, rng):
-        loss, m = gaussian_nll(params, batch, rng)
-        return jnp.where(batch["step"] % every == every - 1, jnp.nan, loss), m
+    def loss_fn(params, model_state, batch, rng):
+        loss, aux = gaussian_nll(params, model_state, batch, rng)
+        return jnp.where(batch["step"] % every == every - 1, jnp.nan, loss), aux
     return loss_fn
 
 
@@ -184,9 +185,9 @@ def test_fit_fails_a_run_that_skips_more_than_the_allowed_fraction(tmp_path):
 def test_fit_stops_a_diverging_loss_and_reports_an_unclipped_grad_norm(tmp_path):
     # Plain gradient descent on -x^2 diverges: x grows by (1 + 2 lr) per step; the loss passes 1e4 times
     # its first value within a few log windows. grad_norm stays finite although sum(g^2) overflows float32.
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, model_state, batch, rng):
         del batch, rng
-        return -jnp.sum(params["x"] ** 2), {}
+        return -jnp.sum(params["x"] ** 2), ({}, model_state)
 
     state = TrainState.create(params={"x": jnp.full(4, 1.0)}, tx=make_optimizer(optimizer="sgd", b1=0.0,
                                                                                    learning_rate=0.5),
@@ -238,18 +239,18 @@ def test_checkpoint_mismatch_and_corruption_are_reported(tmp_path):
 def test_two_player_step_updates_critic_n_times_and_traces_once():
     traces = []
 
-    def d_loss(d_params, g_params, batch, rng):
+    def d_loss(params, model_state, batch, rng):  # over the joint {'g', 'd'} trees
         traces.append("d")
-        fake = g_params["shift"][None] + jax.random.normal(rng, batch["x"].shape)
-        real_score = batch["x"] @ d_params["w"]
-        fake_score = fake @ d_params["w"]
+        fake = params["g"]["shift"][None] + jax.random.normal(rng, batch["x"].shape)
+        real_score = batch["x"] @ params["d"]["w"]
+        fake_score = fake @ params["d"]["w"]
         loss = jnp.mean(jax.nn.softplus(-real_score)) + jnp.mean(jax.nn.softplus(fake_score))
-        return loss, {}
+        return loss, ({}, model_state)
 
-    def g_loss(g_params, d_params, batch, rng):
+    def g_loss(params, model_state, batch, rng):
         traces.append("g")
-        fake = g_params["shift"][None] + jax.random.normal(rng, batch["x"].shape)
-        return jnp.mean(jax.nn.softplus(-(fake @ d_params["w"]))), {}
+        fake = params["g"]["shift"][None] + jax.random.normal(rng, batch["x"].shape)
+        return jnp.mean(jax.nn.softplus(-(fake @ params["d"]["w"]))), ({}, model_state)
 
     tx = make_optimizer(learning_rate=0.05)
     state = TwoPlayerState(

@@ -1,4 +1,4 @@
-"""VAE networks, the engine objective (make_vae_loss), samplers, and that training lowers the loss."""
+"""VAE networks, the engine objective (VariationalAutoencoder.loss), samplers, and that training lowers the loss."""
 
 import functools
 import math
@@ -83,11 +83,13 @@ def test_vae_loss_metrics_are_consistent():
     @jax.jit
     def run(params):
         batch = {"x": x}
-        plain = vae.make_vae_loss(model)(params, batch, rng)
-        beta = vae.make_vae_loss(model, beta=4.0)(params, batch, rng)
-        iwae = vae.make_vae_loss(model, iwae_k=8, kl="mc")(params, batch, rng)
-        grads = jax.grad(lambda p: vae.make_vae_loss(model)(p, batch, rng)[0])(params)
-        return plain, beta, iwae, grads
+
+        def loss(p, **kw):
+            value, (metrics, _) = vae.VariationalAutoencoder(model, **kw).loss(p, {}, batch, rng)
+            return value, metrics
+
+        return loss(params), loss(params, beta=4.0), loss(params, iwae_k=8, kl="mc"), \
+            jax.grad(lambda p: loss(p)[0])(params)
 
     (loss, m), (loss_b, m_b), (loss_k, m_k), grads = run(params)
     np.testing.assert_allclose(-m["elbo_nats"], m["recon_nats"] + m["kl"], rtol=1e-5)
@@ -116,18 +118,18 @@ def test_dynamic_binarization_uses_the_rng():
     assert vae.preprocess(toy, jax.random.key(0), vae.Gaussian()) is toy
 
 
-def test_make_vae_loss_validates():
+def test_variational_autoencoder_validates():
     model = _small_image_model()
     with pytest.raises(ValueError, match="kl='exact'"):
-        vae.make_vae_loss(model, kl="exact")
+        vae.VariationalAutoencoder(model, kl="exact")
     with pytest.raises(ValueError, match="no beta"):
-        vae.make_vae_loss(model, iwae_k=5, beta=2.0)
+        vae.VariationalAutoencoder(model, iwae_k=5, beta=2.0)
     with pytest.raises(ValueError, match="binarize=None"):
-        vae.make_vae_loss(model, likelihood="logistic")
+        vae.VariationalAutoencoder(model, likelihood="logistic")
     with pytest.raises(ValueError, match="iwae_k must be a positive int"):
-        vae.make_vae_loss(model, iwae_k=0)
+        vae.VariationalAutoencoder(model, iwae_k=0)
     with pytest.raises(ValueError, match="binarize='static'"):
-        vae.make_vae_loss(model, binarize="static")
+        vae.VariationalAutoencoder(model, binarize="static")
 
 
 def _train(loss_fn, params, batches, steps, lr):
@@ -146,7 +148,7 @@ def test_training_lowers_the_loss_on_binary_images():
     model = _small_image_model()
     data = (jax.random.bernoulli(jax.random.key(0), 0.5, (16, 4, 4, 1)) * 255).astype(jnp.uint8)
     params = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 4, 4, 1)))["params"]
-    _, losses = _train(vae.make_vae_loss(model, iwae_k=2), params, lambda i: {"x": data}, 300, 1e-2)
+    _, losses = _train(vae.VariationalAutoencoder(model, iwae_k=2).loss, params, lambda i: {"x": data}, 300, 1e-2)
     first, last = losses[:10].mean(), losses[-20:].mean()
     assert first > 9.0 and last < 0.5 * first, (first, last)
 
@@ -162,7 +164,7 @@ def test_training_lowers_the_loss_on_toy_data():
         centre = jnp.where(jax.random.bernoulli(k1, 0.5, (128, 1)), 2.0, -2.0)
         return {"x": centre + 0.1 * jax.random.normal(k2, (128, 2))}
 
-    loss_fn = vae.make_vae_loss(model, likelihood="gaussian", binarize=None)
+    loss_fn = vae.VariationalAutoencoder(model, likelihood="gaussian", binarize=None).loss
     _, losses = _train(loss_fn, params, batches, 200, 5e-3)
     first, last = losses[:10].mean(), losses[-20:].mean()
     assert last < first - 2.0, (first, last)

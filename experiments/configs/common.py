@@ -5,6 +5,23 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
+from gen_jax.data.images import IMAGE_DATASETS
+
+# (family, 'toy' | 'image') -> the evaluators and figures a run uses by default (experiments/evaluators,
+# experiments/figures); override with --config.eval.evaluators / --config.eval.figures.
+EVALUATORS = {
+    ("flow", "toy"): ("nll", "modes"), ("flow", "image"): ("nll",),
+    ("diffusion", "toy"): ("bound", "modes"), ("diffusion", "image"): ("bound",),
+    ("vae", "toy"): ("importance_nll", "modes"), ("vae", "image"): ("importance_nll",),
+    ("gan", "toy"): ("modes", "frechet"), ("gan", "image"): ("frechet",),
+}
+FIGURES = {
+    ("flow", "toy"): ("latents",), ("flow", "image"): ("temperature_grid",),
+    ("diffusion", "toy"): ("ddpm_vs_ddim",), ("diffusion", "image"): ("ddpm_vs_ddim",),
+    ("vae", "toy"): ("vae_latent",), ("vae", "image"): ("reconstructions",),
+    ("gan", "toy"): ("gan_seeds", "gan_discriminator"), ("gan", "image"): ("gan_interpolation", "gan_seeds"),
+}
+
 
 def base_config(
     family: str,
@@ -40,7 +57,11 @@ def base_config(
         max_nonfinite=100, max_skipped_fraction=0.05, max_loss_growth=1e4,
         shard_params=False,  # True: shard large parameters and optimizer state over the devices (FSDP)
     ))
-    c.eval = config_dict.ConfigDict(dict(num_samples=2500))
+    kind = "image" if data in IMAGE_DATASETS else "toy"
+    c.eval = config_dict.ConfigDict(dict(
+        num_samples=2500,  # samples per seed the sample-based evaluators score (toy data)
+        evaluators=EVALUATORS[family, kind], figures=FIGURES[family, kind],
+    ))
     c.model = config_dict.ConfigDict()
     c.objective = config_dict.ConfigDict()
     return c

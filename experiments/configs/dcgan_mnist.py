@@ -2,9 +2,8 @@
 G(z) does not depend on the rest of the batch) and a 28 -> 14 -> 7 conv discriminator with
 LeakyReLU(0.2); non-saturating loss, Adam(2e-4, b1=0.5), generator EMA. The generator upsamples by
 sub-pixel convolution (3x3 conv to 4x channels, then depth-to-space), which can represent the paper's
-4x4 stride-2 transposed convolution exactly and makes the step 1.8x faster on CPU;
-``--config.model.g_upsample=transpose`` gives the paper's layer. 4000 steps at batch 128 (~8.5 epochs)
-took 38 CPU-minutes (44 min wall on 2 shared cores) and reached a Frechet distance of 24.4 (README).
+4x4 stride-2 transposed convolution exactly and is faster on CPU (experiments/BENCHMARKS.md);
+``--config.model.g_upsample=transpose`` gives the paper's layer. Results and their commands: README.
 Evaluated by the Frechet distance to the test set in the feature space of a small classifier
 trained here on the training split (``gen_jax.metrics.classifier``). ``get_config('smoke')`` runs in
 seconds on CPU.

@@ -2,10 +2,8 @@
 MNIST; the paper's 0.05 squeezes MNIST's constant background into a sliver, see glow_mnist.py), 3 scales (28x28 -> 14x14 -> 7x7; per scale 3 checkerboard couplings, squeeze, 3 channel
 couplings, factor out half; last scale 4 checkerboard couplings), ResNet conditioners (64 channels,
 4 residual blocks), ActNorm in place of batch norm, Adam lr 1e-3 with L2 5e-5 (the paper's), batch
-64. Published: 1.06 bits/dim on MNIST. About 4.8M parameters and 7-10 CPU-seconds per step: meant for a
-GPU/TPU (``glow_mnist`` is the CPU-sized MNIST flow). Measured on CPU: 400 steps (54 CPU-minutes,
-``--config.train.num_steps=400 --config.optim.warmup_steps=50``) reach 1.389 bits/dim on the full test
-set. ``get_config('smoke')`` runs in seconds.
+64. Published: 1.06 bits/dim on MNIST. About 4.8M parameters: meant for a GPU/TPU (``glow_mnist`` is the
+CPU-sized MNIST flow; a short CPU run is in README). ``get_config('smoke')`` runs in seconds.
 
     python -m experiments.train --config experiments/configs/realnvp_mnist.py \\
         --workdir runs/realnvp_mnist --config.data.data_dir=../shared/data/tfds

@@ -1,9 +1,8 @@
 """Convolutional VAE on dynamically binarised MNIST: two stride-2 conv layers in the encoder, a
 mirrored decoder upsampling by sub-pixel convolutions (``--config.model.upsample=transpose`` for
 3x3 stride-2 transposed convolutions; the same function class, slower on CPU), 32-d latent, Bernoulli decoder, ELBO objective; test log p(x) by
-importance sampling (K = 5000). Measured on CPU: 6000 steps (45 min wall, shared cores) give a test NLL
-of 88.03 +- 1.33 nats on the first 250 test images (README); K = 5000 on all 10,000 costs about 10
-CPU-hours here, so use ``--config.data.num_eval`` on CPU.
+importance sampling (K = 5000), which is costly on all 10,000 test images: on a CPU use
+``--config.data.num_eval``. Results, their cost and commands: README.
 ``get_config('smoke')`` runs in seconds on CPU.
 
     python -m experiments.train --config experiments/configs/vae_conv_mnist.py \\

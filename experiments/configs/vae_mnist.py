@@ -2,10 +2,9 @@
 on the IWAE bound with K = 5 samples (Burda et al. 2016); test log p(x) by importance sampling with
 K = 5000 (the standard MNIST estimate). ``get_config('smoke')`` runs in seconds on CPU.
 
-Target: <= 88 nats test NLL on CPU (2 cores) in about an hour of training. Measured: 30k steps (28
-CPU-minutes) give 86.33 +- 0.22 nats on the full test set (README). Evaluating K = 5000 on all
-10,000 test images costs ~5e10 decoder passes' worth of FLOPs (tens of minutes on CPU): lower it with
-``--config.data.num_eval=1000`` when CPU time matters.
+Target: <= 88 nats test NLL after about an hour of CPU training (results, their cost and commands:
+README). Evaluating K = 5000 on all 10,000 test images costs ~5e10 decoder passes' worth of FLOPs:
+lower it with ``--config.data.num_eval=1000`` when CPU time matters.
 
     python -m experiments.train --config experiments/configs/vae_mnist.py --workdir runs/vae_mnist \\
         --config.data.data_dir=../shared/data/tfds

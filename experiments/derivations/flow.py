@@ -379,7 +379,7 @@ def check_dequantized_nll_monte_carlo(num_keys: int, quad_order: int = 4) -> Che
         r"\mathbb{E}_u[\texttt{flow\_nll}(x)] = \int_{[0,1)^D} \left[-\log "
         r"p_\mathrm{model}\!\left(\tfrac{x+u}{256}\right) + D\log 256\right] du",
         mc, wq @ quad, Z * se,
-        lhs_how=f"mean of flows.flow_nll(model, params, x_uint8, key) over {num_keys} keys (flows.dequantize inside)",
+        lhs_how=f"mean of flows.flow_nll(model, params, x_uint8, key) over {num_keys} keys (uniform_dequantize inside)",
         rhs_how="Gauss-Legendre quadrature over u of the same integrand",
         note=f"Monte Carlo: tolerance {Z:g} standard errors per data point.")
 

@@ -197,18 +197,20 @@ def check_maximiser(logits_fn=optimal_logits) -> Check:
 def train_discriminator(key: jax.Array, num_steps: int, batch_size: int = 512) -> dict[str, np.ndarray]:
     """Trains the library's MLPDiscriminator on V (minimax loss) against the fixed linear generator.
 
-    Uses ``gan.make_gan_losses`` for the objective and ``gen_jax.train.make_train_step`` for the
+    Uses ``gan.GAN.d_loss`` for the objective and ``gen_jax.train.make_train_step`` for the
     update; each step draws a fresh real batch from p_data. Returns, at the quadrature nodes, the
     trained and optimal logits, log p_data, log p_g, and V (library terms) at both discriminators.
     """
     disc = gan.MLPDiscriminator(hidden=(64, 64))
-    d_loss_fn, _ = gan.make_gan_losses(GENERATOR, disc, latent_dim=1, loss="minimax")
+    model = gan.GAN(GENERATOR, disc, latent_dim=1, loss="minimax")
     g_params = generator_params()
 
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, model_state, batch, rng):  # the discriminator's, with G fixed
         del batch
         k_real, k_step = jax.random.split(rng)
-        return d_loss_fn(params, g_params, {"x": sample_p_data(k_real, batch_size)}, k_step)
+        loss, (metrics, _) = model.d_loss({"g": g_params, "d": params}, {"g": {}, "d": model_state},
+                                          {"x": sample_p_data(k_real, batch_size)}, k_step)
+        return loss, (metrics, model_state)
 
     tx = make_optimizer(learning_rate=1e-2, schedule="cosine", num_steps=num_steps)
     step = make_train_step(loss_fn, donate=False)
@@ -272,7 +274,7 @@ def check_trained_discriminator(seed: int, num_steps: int, batch_size: int = 512
         r"\mathbb{E}_{x \sim (p_\mathrm{data}+p_g)/2}\, |D_\mathrm{trained}(x) - D^*(x)| \approx 0",
         dist, 0.0, tolerance, relation="<=",
         lhs_how=f"MLPDiscriminator(64, 64) trained {num_steps} steps (Adam, fresh batches of {batch_size}) with "
-                "gan.make_gan_losses(loss='minimax') via gen_jax.train.make_train_step",
+                "gan.GAN(loss='minimax').d_loss via gen_jax.train.make_train_step",
         rhs_how="D* = p_data / (p_data + p_g) from the known densities",
         note=f"Optimisation and finite-sample error; tolerance {tolerance} (a mean absolute error in "
              "probability).", plot=plot)
@@ -338,13 +340,14 @@ def _generator_gradients(seed: int, n: int) -> dict:
     and both kinds (one compile), plus the z that the loss draws from its key."""
     key = jax.random.key(seed)
     disc = gan.MLPDiscriminator(hidden=())
-    losses = {k: gan.make_gan_losses(GENERATOR, disc, latent_dim=1, loss=k)[1] for k in ("minimax", "non_saturating")}
+    losses = {k: gan.GAN(GENERATOR, disc, latent_dim=1, loss=k).g_loss for k in ("minimax", "non_saturating")}
     batch = {"x": jnp.zeros((n, 1))}
 
     def one(g_loss_fn, c):
         d_params = {"_ProjectionHead_0": {"Dense_0": {"kernel": jnp.full((1, 1), DISC_SLOPE),
                                                       "bias": jnp.full((1,), -DISC_SLOPE * c)}}}
-        grads = jax.grad(lambda g: g_loss_fn(g, d_params, batch, key)[0])(generator_params())["Dense_0"]
+        grads = jax.grad(lambda g: g_loss_fn({"g": g, "d": d_params}, {"g": {}, "d": {}}, batch, key)[0])(
+            generator_params())["Dense_0"]
         return jnp.stack([grads["kernel"][0, 0], grads["bias"][0]])
 
     @jit
@@ -408,7 +411,7 @@ def check_generator_gradient(kind: str, seed: int = 0, n: int = 4096) -> Check:
         + (r",\ \ \frac{\partial L_G}{\partial l} = -D" if kind == "minimax"
            else r",\ \ \frac{\partial L_G}{\partial l} = -(1 - D)"),
         lhs, rhs, 1e-9 * np.abs(rhs) + 1e-15,
-        lhs_how=f"jax.grad w.r.t. the generator's params of the g_loss_fn of gan.make_gan_losses(loss='{kind}'), "
+        lhs_how=f"jax.grad w.r.t. the generator's params of gan.GAN(loss='{kind}').g_loss, "
                 f"{n} z, discriminator l(x) = {DISC_SLOPE:g} (x - {SATURATED_OFFSET:g})",
         rhs_how="chain rule in numpy on the same z",
         note=f"Mean D(G(z)) = {mean_d:.1e}: the gradient norm is {float(np.hypot(*rhs)):.2e}. "

@@ -1,17 +1,24 @@
-"""What a family gives the generic experiment runner (``experiments/run.py``).
+"""What a family builder gives the generic runner (``experiments/run.py``), and what the runner gives
+evaluators and figures.
 
-Each ``experiments/tasks/<family>.py`` has one function ``build(config, data) -> Task``; it unpacks
-the config into explicit keyword arguments for the library (gen_jax never sees a config object).
+Each ``experiments/tasks/<family>.py`` has one function ``build(config, data) -> Experiment``: it
+unpacks the config into the family's :mod:`gen_jax.model` object (gen_jax never sees a config) and says
+how one seed's training state is initialised. Everything else is generic: the runner replicates seeds,
+compiles the step, and hands a :class:`Context` to the evaluators (``experiments/evaluators``) and
+figures (``experiments/figures``) the config names in ``eval.evaluators`` and ``eval.figures``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
+import numpy as np
 
 from gen_jax.data.toy import ToyDistribution
+
+PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +33,7 @@ class DataSpec:
       num_classes: number of labels (images), else 0.
       toy: the toy distribution (toy data only).
       num_train: number of training examples (images), else None.
+      data_dir: where the tfds data lie (images), for evaluators that read the training split.
     """
 
     kind: str
@@ -34,29 +42,56 @@ class DataSpec:
     num_classes: int = 0
     toy: ToyDistribution | None = None
     num_train: int | None = None
+    data_dir: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
-    """A family's pieces, ready to train and evaluate.
+class Experiment:
+    """A family's model, ready for the runner.
 
     Attributes:
-      init: ``key -> state`` (TrainState or TwoPlayerState, with a leading replica axis when the
-        config trains several seeds at once).
-      train_step: compiled ``(state, batch) -> (state, metrics)``.
-      sample: ``(state, key, n) -> [n, *shape]`` samples in data space (toy: coordinates; images:
-        floats in [0, 1]); with replicas ``[K, n, *shape]``.
-      evaluate: ``(state, key, eval_batches) -> {name: float}`` (e.g. test ``nll_nats``).
-      log_density: ``(state, x [N, 2]) -> log p(x) [N]`` for toy data when the family has one.
-      figures: ``(state, key, outdir) -> [png paths]``: extra family pictures.
+      model: a :class:`gen_jax.model.GenerativeModel` or :class:`gen_jax.model.TwoPlayerModel`.
+      init_state: ``key -> TrainState | TwoPlayerState`` of ONE seed (the runner vmaps it over seeds).
+      sample_options: keyword arguments of ``model.sample`` for the samples the run shows and scores.
+      log_density: ``(params, x [N, 2]) -> log p(x) [N]`` for toy density panels, where the family has one.
     """
 
-    init: Callable[[jax.Array], Any]
-    train_step: Callable[[Any, Any], tuple[Any, dict]]
-    sample: Callable[[Any, jax.Array, int], jax.Array]
-    evaluate: Callable[[Any, jax.Array, Iterable[dict]], dict]
-    log_density: Callable[[Any, jax.Array], jax.Array] | None = None
-    figures: Callable[[Any, jax.Array, str], list[str]] | None = None
+    model: Any
+    init_state: Callable[[jax.Array], Any]
+    sample_options: dict = dataclasses.field(default_factory=dict)
+    log_density: Callable[[PyTree, jax.Array], jax.Array] | None = None
 
 
-EvalBatches = Callable[[], Iterator[dict]]
+@dataclasses.dataclass
+class Context:
+    """The trained run as evaluators and figures see it. Seeds are explicit: ``params[s]`` is seed ``s``'s
+    evaluation parameters (the EMA where there is one) and ``sample(key, n)`` is ``[num_seeds, n, ...]``.
+
+    Attributes:
+      model: the family's model object.
+      data: the data spec.
+      options: ``config.eval``.
+      params: per seed, the parameters to evaluate (``state.eval_params``).
+      model_state: per seed, the model's non-trainable state.
+      sample: ``(key, n) -> np.ndarray [num_seeds, n, *shape]`` in data space (one compiled program
+        for all seeds: seed ``s`` uses ``split(key, num_seeds)[s]``, or ``key`` itself for one seed).
+      batches: ``() -> iterator`` over the held-out batches (raw, as the training batches).
+      num_batches: their number.
+      sample_options: as in :class:`Experiment`.
+      log_density: as in :class:`Experiment`.
+    """
+
+    model: Any
+    data: DataSpec
+    options: Any
+    params: list[PyTree]
+    model_state: list[PyTree]
+    sample: Callable[[jax.Array, int], np.ndarray]
+    batches: Callable[[], Iterator[dict]]
+    num_batches: int
+    sample_options: dict = dataclasses.field(default_factory=dict)
+    log_density: Callable[[PyTree, jax.Array], jax.Array] | None = None
+
+    @property
+    def num_seeds(self) -> int:
+        return len(self.params)

@@ -1,9 +1,7 @@
 """Image datasets through ``tfds.data_source`` and the preprocessing each family applies.
 
 Batches are raw 8-bit images ``{'x': uint8 [B, H, W, C], 'label': int32 [B]}``; each family's
-objective applies its own preprocessing (with the step's key where it is random):
-``to_unit`` ([0, 1]), ``to_symmetric`` ([-1, 1]), ``dynamic_binarize`` (x ~ Bernoulli(pixel/255)),
-``uniform_dequantize`` ((x + u) / 2^bits, u ~ U[0, 1)).
+objective applies its own preprocessing (:mod:`gen_jax.data.preprocess`).
 
 The order of examples is a pure function of (seed, epoch): the batch at global step s is computable
 in O(1) from s, so a resumed run reads exactly the batches an uninterrupted run would have read.
@@ -16,8 +14,6 @@ import dataclasses
 import os
 from typing import Iterator
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -25,31 +21,6 @@ IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 class DatasetNotFoundError(FileNotFoundError):
     """A tfds dataset is not prepared in the data directory and cannot be downloaded here."""
-
-
-def to_unit(x: jax.Array) -> jax.Array:
-    """uint8 in {0..255} -> float32 in [0, 1]."""
-    return jnp.asarray(x, jnp.float32) / 255.0
-
-
-def to_symmetric(x: jax.Array) -> jax.Array:
-    """uint8 in {0..255} -> float32 in [-1, 1]."""
-    return jnp.asarray(x, jnp.float32) / 127.5 - 1.0
-
-
-def dynamic_binarize(key: jax.Array, x: jax.Array) -> jax.Array:
-    """Dynamic binarisation: each pixel ~ Bernoulli(x / 255), resampled at every use."""
-    return jax.random.bernoulli(key, to_unit(x)).astype(jnp.float32)
-
-
-def uniform_dequantize(key: jax.Array, x: jax.Array, num_bits: int = 8) -> jax.Array:
-    """Uniform dequantization: y = (x + u) / 2^bits, u ~ U[0, 1)^D, so y in [0, 1).
-
-    A continuous density p(y) on [0, 1)^D then lower-bounds the discrete likelihood:
-    log P(x) >= E_u[log p(y)] - D * bits * log 2.
-    """
-    u = jax.random.uniform(key, jnp.shape(x))
-    return (jnp.asarray(x, jnp.float32) + u) / float(2**num_bits)
 
 
 def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@
 forward:  x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps,  eps ~ N(0, I)   (`forward_step`)
 reverse:  x_{t-1} ~ p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I)  (`ddpm_sample`)
 trained through the variational bound (`variational_bound`) and its simplified eps-loss
-(`make_diffusion_loss`). Timesteps are t in {1..T}; schedule arrays are 0-indexed (entry t - 1).
+(`DiffusionModel`). Timesteps are t in {1..T}; schedule arrays are 0-indexed (entry t - 1).
 """
 
 from gen_jax.diffusion.layers import TimeEmbedding, timestep_embedding
@@ -16,7 +16,6 @@ from gen_jax.diffusion.losses import (
     gaussian_log_likelihood,
     loss_weight,
     make_denoise_fn,
-    make_diffusion_loss,
     normal_kl,
     prior_kl,
     to_model_space,
@@ -38,11 +37,14 @@ from gen_jax.diffusion.process import (
     x0_from_eps,
     x0_from_v,
 )
+from gen_jax.diffusion.protocol import DiffusionModel
 from gen_jax.diffusion.samplers import Spacing, ddim_sample, ddpm_sample, timestep_subsequence
 from gen_jax.diffusion.schedules import NoiseSchedule, ReverseVariance
 from gen_jax.diffusion.unet import AttentionBlock, Downsample, ResBlock, UNet, Upsample
 
 __all__ = [
+    # the generative model (gen_jax.model protocol)
+    "DiffusionModel",
     # schedules and the forward process
     "NoiseSchedule",
     "ReverseVariance",
@@ -81,7 +83,6 @@ __all__ = [
     "prior_kl",
     "loss_weight",
     "denoising_loss",
-    "make_diffusion_loss",
     "variational_bound",
     # samplers
     "Spacing",

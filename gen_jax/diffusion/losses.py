@@ -40,6 +40,8 @@ from gen_jax.diffusion.process import (
     q_sample,
 )
 from gen_jax.diffusion.schedules import NoiseSchedule, ReverseVariance
+from gen_jax.data.preprocess import to_symmetric
+from gen_jax.ops import mean_except_batch, sum_except_batch
 
 __all__ = [
     "DenoiseFn",
@@ -53,7 +55,6 @@ __all__ = [
     "prior_kl",
     "loss_weight",
     "denoising_loss",
-    "make_diffusion_loss",
     "variational_bound",
 ]
 
@@ -83,19 +84,10 @@ def to_model_space(x: jax.Array) -> tuple[jax.Array, bool]:
       (x as float32, whether the data are 8-bit discrete).
     """
     if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) / 127.5 - 1.0, True
+        return to_symmetric(x), True
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"diffusion data must be uint8 images or float arrays; got dtype {x.dtype}")
     return x.astype(jnp.float32), False
-
-
-def _sum_event(x: jax.Array) -> jax.Array:
-    """Sums over every axis but the first (batch) one: [B, ...] -> [B]."""
-    return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
-
-
-def _mean_event(x: jax.Array) -> jax.Array:
-    return jnp.mean(x.reshape(x.shape[0], -1), axis=-1)
 
 
 def normal_kl(mean1: jax.Array, logvar1: jax.Array, mean2: jax.Array, logvar2: jax.Array) -> jax.Array:
@@ -153,7 +145,7 @@ def prior_kl(schedule: NoiseSchedule, x0: jax.Array) -> jax.Array:
     T = schedule.num_timesteps
     mean, var = q_mean_variance(schedule, x0, jnp.full((x0.shape[0],), T, jnp.int32))
     kl = normal_kl(mean, jnp.broadcast_to(jnp.log(var), mean.shape), 0.0, 0.0)
-    return _sum_event(kl)
+    return sum_except_batch(kl)
 
 
 def _native_to_x0_factor(schedule: NoiseSchedule, t: jax.Array, parameterization: str) -> jax.Array:
@@ -230,7 +222,7 @@ def denoising_loss(
       (weighted loss [B], unweighted MSE [B]).
     """
     target = prediction_target(schedule, x0, t, eps, parameterization)
-    mse = _mean_event(jnp.square(target - model_output))
+    mse = mean_except_batch(jnp.square(target - model_output))
     w = loss_weight(
         schedule,
         t,
@@ -240,92 +232,6 @@ def denoising_loss(
         variance=variance,
     )
     return w * mse, mse
-
-
-def make_diffusion_loss(
-    denoiser: nn.Module,
-    schedule: NoiseSchedule,
-    *,
-    parameterization: Parameterization = "eps",
-    weighting: Weighting = "simple",
-    min_snr_gamma: float = 5.0,
-    variance: ReverseVariance = "large",
-    cond_drop_prob: float = 0.1,
-    random_flip: bool = False,
-    train: bool = True,
-) -> Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]:
-    """Builds ``loss_fn(params, batch, rng) -> (loss, metrics)`` for `gen_jax.train.make_train_step`.
-
-    Per example: t ~ U{1..T}, eps ~ N(0, I), x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,
-    loss = w_t * mean_d (target - f_theta(x_t, t))^2 (see `loss_weight`); with the defaults this is
-    L_simple = E ||eps - eps_theta(x_t, t)||^2.
-
-    ``batch['x']`` is float [B, D] (toy, used as is) or uint8 [B, H, W, C] (scaled to [-1, 1] here). If
-    the denoiser has ``num_classes`` set, ``batch['label']`` [B] conditions it, and each label is
-    replaced by the null label (index num_classes) with probability ``cond_drop_prob`` so that one
-    network learns both conditional and unconditional eps (classifier-free guidance).
-
-    Args:
-      denoiser: a `UNet` / `MLPDenoiser` (called with ``train`` and a 'dropout' rng).
-      schedule: the noise schedule.
-      parameterization: what the network predicts: 'eps', 'x0' or 'v'.
-      weighting: 'simple', 'vlb' or 'min_snr' (see `loss_weight`).
-      min_snr_gamma: gamma of Min-SNR weighting.
-      variance: reverse variance used by the 'vlb' weights ('small' = beta_tilde, 'large' = beta).
-      cond_drop_prob: label dropout probability for class-conditional denoisers, in [0, 1].
-      random_flip: flip each image [B, H, W, C] horizontally with probability 1/2 (data
-        augmentation, as in Ho et al.'s CIFAR-10 runs); only while ``train``.
-      train: run the denoiser in training mode (dropout on); False gives a deterministic evaluation
-        loss (labels are then never dropped, images never flipped).
-
-    Returns:
-      loss_fn with metrics {'loss', 'mse'} (mse: unweighted, in the network's output space).
-    """
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}; got {parameterization!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
-    if not 0.0 <= cond_drop_prob <= 1.0:
-        raise ValueError(f"cond_drop_prob must lie in [0, 1]; got {cond_drop_prob}")
-    num_classes = getattr(denoiser, "num_classes", None)
-    T = schedule.num_timesteps
-
-    def loss_fn(params, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
-        x0, _ = to_model_space(batch["x"])
-        B = x0.shape[0]
-        k_t, k_eps, k_drop, k_cond, k_flip = jax.random.split(rng, 5)
-        if random_flip and train:
-            if x0.ndim != 4:
-                raise ValueError(f"random_flip needs images [B, H, W, C]; got shape {x0.shape}")
-            flip = jax.random.bernoulli(k_flip, 0.5, (B,))[:, None, None, None]
-            x0 = jnp.where(flip, x0[:, :, ::-1, :], x0)
-        t = jax.random.randint(k_t, (B,), 1, T + 1)
-        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-        xt = q_sample(schedule, x0, t, eps)
-        label = None
-        if num_classes is not None:
-            if "label" not in batch:
-                raise ValueError("class-conditional denoiser (num_classes set) needs batch['label']")
-            label = jnp.asarray(batch["label"], jnp.int32)
-            if train:
-                drop = jax.random.bernoulli(k_cond, cond_drop_prob, (B,))
-                label = jnp.where(drop, num_classes, label)
-        out = denoiser.apply({"params": params}, xt, t, label, train=train, rngs={"dropout": k_drop})
-        per_ex, mse = denoising_loss(
-            schedule,
-            out,
-            x0,
-            eps,
-            t,
-            parameterization=parameterization,
-            weighting=weighting,
-            min_snr_gamma=min_snr_gamma,
-            variance=variance,
-        )
-        loss = jnp.mean(per_ex)
-        return loss, {"loss": loss, "mse": jnp.mean(mse)}
-
-    return loss_fn
 
 
 def _bound_terms_at(
@@ -350,12 +256,12 @@ def _bound_terms_at(
     model_mean, _, _ = q_posterior(schedule, x0_hat, xt, t)
     model_logvar = schedule.at(schedule.reverse_log_variance(variance), t)
     model_logvar = model_logvar.reshape(t.shape + (1,) * (x0.ndim - 1))
-    kl = _sum_event(normal_kl(true_mean, true_logvar, model_mean, jnp.broadcast_to(model_logvar, x0.shape)))
+    kl = sum_except_batch(normal_kl(true_mean, true_logvar, model_mean, jnp.broadcast_to(model_logvar, x0.shape)))
     if discrete:
         ll = discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
     else:
         ll = gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
-    decoder_nll = -_sum_event(ll)
+    decoder_nll = -sum_except_batch(ll)
     return jnp.where(t == 1, decoder_nll, kl)
 
 

@@ -21,15 +21,13 @@ from gen_jax.flows.bijectors import (
     checkerboard,
     made_masks,
     rational_quadratic_spline,
-    sum_except_batch,
+
 )
 from gen_jax.flows.conditioners import MLP, ConvNet
 from gen_jax.flows.losses import (
     bits_per_dim,
-    dequantize,
     discrete_nll_nats,
     flow_nll,
-    make_flow_loss,
 )
 from gen_jax.flows.models import (
     MAF,
@@ -38,8 +36,10 @@ from gen_jax.flows.models import (
     Glow,
     MultiScaleRealNVP,
     RealNVP,
-    standard_normal_log_prob,
+
 )
+from gen_jax.flows.protocol import NormalizingFlow
+from gen_jax.ops import standard_normal_log_prob, sum_except_batch
 
 __all__ = [
     # bijectors
@@ -50,6 +50,6 @@ __all__ = [
     "MLP", "ConvNet",
     # models
     "FlowModel", "RealNVP", "NSF", "MAF", "MultiScaleRealNVP", "Glow", "standard_normal_log_prob",
-    # objective
-    "dequantize", "discrete_nll_nats", "bits_per_dim", "flow_nll", "make_flow_loss",
+    # the generative model (gen_jax.model protocol) and its objective
+    "NormalizingFlow", "discrete_nll_nats", "bits_per_dim", "flow_nll",
 ]

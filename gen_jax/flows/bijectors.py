@@ -31,13 +31,9 @@ import numpy as np
 import scipy.linalg
 
 from gen_jax.flows.conditioners import make_conditioner
+from gen_jax.ops import sum_except_batch
 
 Array = jax.Array
-
-
-def sum_except_batch(a: Array) -> Array:
-    """``[B, ...] -> [B]``: sums every axis but the first."""
-    return jnp.sum(a.reshape(a.shape[0], -1), axis=1)
 
 
 def _zeros_like_batch(x: Array) -> Array:

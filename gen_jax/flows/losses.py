@@ -20,22 +20,16 @@ is uniform on [0, 1)^D (log p_model = 0) scores exactly 8 bits/dim.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen_jax.data.preprocess import uniform_dequantize
+
 Array = jax.Array
 Metrics = dict[str, Array]
-
-
-def dequantize(key: jax.Array, x: Array, num_bits: int = 8) -> Array:
-    """Uniform dequantization ``y = (x + u) / 2^bits``, ``u ~ U[0, 1)``: integers -> floats in [0, 1)."""
-    if not jnp.issubdtype(x.dtype, jnp.integer):
-        raise ValueError(f"dequantize expects integer (e.g. uint8) data, got dtype {x.dtype}")
-    u = jax.random.uniform(key, x.shape, jnp.float32)
-    return (x.astype(jnp.float32) + u) / float(2**num_bits)
 
 
 def discrete_nll_nats(log_prob_unit: Array, num_dims: int, num_bits: int = 8) -> Array:
@@ -72,31 +66,7 @@ def flow_nll(
     if jnp.issubdtype(x.dtype, jnp.integer):
         if key is None:
             raise ValueError("integer (8-bit) data needs a key for dequantization, got key=None")
-        y = dequantize(key, x, num_bits)
+        y = uniform_dequantize(key, x, num_bits)
         log_p = model.apply({"params": params}, y, method="log_prob")
         return discrete_nll_nats(log_p, math.prod(x.shape[1:]), num_bits)
     return -model.apply({"params": params}, x, method="log_prob")
-
-
-def make_flow_loss(
-    model: nn.Module, *, num_bits: int = 8
-) -> Callable[[Any, dict, jax.Array], tuple[Array, Metrics]]:
-    """The maximum-likelihood objective of a flow, for ``gen_jax.train.make_train_step``.
-
-    Returns ``loss_fn(params, batch, rng) -> (loss, {'nll_nats', 'bits_per_dim'})`` with
-    ``batch['x']`` float ``[B, D]`` (loss = mean nll in nats) or uint8 ``[B, H, W, C]`` (dequantized
-    with ``rng``; loss = mean bits/dim, which only rescales the gradient by 1 / (D log 2)).
-    """
-
-    def loss_fn(params: Any, batch: dict, rng: jax.Array) -> tuple[Array, Metrics]:
-        if "x" not in batch:
-            raise ValueError(f"flow batches are dicts with key 'x', got keys {sorted(batch)}")
-        x = batch["x"]
-        num_dims = math.prod(x.shape[1:])
-        nll = flow_nll(model, params, x, rng, num_bits=num_bits)  # [B]
-        bpd = bits_per_dim(nll, num_dims)
-        metrics = {"nll_nats": jnp.mean(nll), "bits_per_dim": jnp.mean(bpd)}
-        loss = metrics["bits_per_dim"] if jnp.issubdtype(x.dtype, jnp.integer) else metrics["nll_nats"]
-        return loss, metrics
-
-    return loss_fn

@@ -22,13 +22,12 @@ Usage::
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from gen_jax.ops import standard_normal_log_prob
 from gen_jax.flows.bijectors import (
     ActNorm,
     Affine,
@@ -43,16 +42,9 @@ from gen_jax.flows.bijectors import (
     Permute,
     SplineCoupling,
     Squeeze,
-    sum_except_batch,
 )
 
 Array = jax.Array
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-def standard_normal_log_prob(z: Array) -> Array:
-    """``log N(z; 0, I) = -0.5 * sum_i (z_i^2 + log 2 pi)`` per example ``[B]``."""
-    return -0.5 * sum_except_batch(z * z + _LOG_2PI)
 
 
 class FlowModel(nn.Module):

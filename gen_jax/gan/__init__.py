@@ -7,7 +7,8 @@
   :func:`r1_penalty`.
 * :mod:`gen_jax.gan.models`: MLP and DCGAN generators/discriminators (class conditioning, spectral
   norm), :func:`init_gan`.
-* :mod:`gen_jax.gan.objective`: :func:`make_gan_losses` for :func:`gen_jax.train.make_two_player_step`.
+* :mod:`gen_jax.gan.objective`: :class:`GAN`, the two-player model (:mod:`gen_jax.model`), for
+  :func:`gen_jax.train.make_two_player_step`.
 * :mod:`gen_jax.gan.sampling`: :func:`sample_latent`, :func:`generate`.
 """
 
@@ -30,10 +31,11 @@ from gen_jax.gan.models import (
     MLPGenerator,
     init_gan,
 )
-from gen_jax.gan.objective import make_gan_losses, pack, preprocess
+from gen_jax.gan.objective import GAN, pack, preprocess
 from gen_jax.gan.sampling import generate, sample_latent
 
 __all__ = [
+    "GAN",
     "LOSS_KINDS",
     "DCGANDiscriminator",
     "DCGANGenerator",
@@ -48,7 +50,6 @@ __all__ = [
     "init_gan",
     "log_d",
     "log_one_minus_d",
-    "make_gan_losses",
     "pack",
     "preprocess",
     "r1_penalty",

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from numpy.typing import ArrayLike
 
+from gen_jax.data.preprocess import to_unit
 from gen_jax.nn import Conv
 
 PyTree = Any
@@ -52,9 +53,7 @@ def _to_unit(images: ArrayLike) -> jax.Array:
     x = jnp.asarray(images)
     if x.ndim != 4:
         raise ValueError(f"images must have shape [N, H, W, C], got {x.shape}")
-    if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) / 255.0
-    return x.astype(jnp.float32)
+    return to_unit(x) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
 def train_classifier(

@@ -20,10 +20,8 @@ import warnings
 from collections.abc import MutableMapping
 
 #: Flags :func:`configure_xla_cpu` adds. Convolutions run on XLA's own (Eigen) kernels instead of
-#: YNNPACK's, which XLA 0.10-0.12 picks by default; dots stay on YNNPACK. On the 2-core AMD EPYC of
-#: BENCHMARKS.md this made the train steps of all four MNIST conv configs 1.12-1.25x faster; on the
-#: Intel Xeon 1.28-1.6x with jaxlib 0.10, and 1.0-1.45x with jaxlib 0.11 and 0.12 (Glow, whose
-#: convolutions are mostly matmuls in gen_jax.nn.Conv, the same).
+#: YNNPACK's, which XLA 0.10-0.12 picks by default; dots stay on YNNPACK. The MNIST conv configs'
+#: train steps were faster so on every CPU and jaxlib measured (experiments/BENCHMARKS.md).
 XLA_CPU_FLAGS: tuple[str, ...] = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
 #: jaxlib (major, minor) versions the flags were tested with: XLA aborts on a flag it does not know,
@@ -49,6 +47,8 @@ def _jaxlib_version() -> tuple[int, int] | None:
 
 
 def _backend_started() -> bool:
+    """Whether JAX's backend is up. JAX has no public API for it: this is gen_jax's only private JAX
+    import, guarded here, and ``tests/test_platform.py`` fails loudly when JAX moves it."""
     try:
         from jax._src import xla_bridge
     except ImportError:  # a JAX without this module: assume the backend is not up yet

@@ -1,9 +1,10 @@
 """Training state: every mutable piece of a run in one pytree.
 
 A :class:`TrainState` holds the parameters, the optimizer state, the step counter, one typed PRNG key,
-and optionally an exponential moving average (EMA) of the parameters and non-trainable
-``batch_stats`` (e.g. the power-iteration vectors of spectral normalisation). Two-player models (GANs)
-hold one state per player in a :class:`TwoPlayerState`.
+optionally an exponential moving average (EMA) of the parameters, and the model's non-trainable
+``model_state`` (Flax collections other than ``'params'``, e.g. the power-iteration vectors of spectral
+normalisation; ``{}`` when there are none), as :mod:`gen_jax.model` defines it. Two-player models
+(GANs) hold one state per player in a :class:`TwoPlayerState`.
 
 The optimizer is always wrapped in :func:`optax.apply_if_finite`, so an update whose gradients contain
 NaN/Inf is skipped and counted (``state.nonfinite_total``; consecutive skips in
@@ -42,7 +43,7 @@ class TrainState(flax.struct.PyTreeNode):
       opt_state: state of ``tx`` (an ``optax.ApplyIfFiniteState`` at the top level).
       key: typed PRNG key of the run; the step derives ``fold_in(key, step)`` from it.
       ema_params: EMA of ``params`` when ``ema_decay > 0``, else ``None``.
-      batch_stats: non-trainable model state (``None`` if the model has none).
+      model_state: the model's non-trainable variables (``{}`` if it has none).
       tx: the optax transformation (static).
       ema_decay: EMA decay in [0, 1) (static); 0 disables the EMA. At update t the decay used is
         ``min(ema_decay, (1 + t) / (10 + t))`` (the usual warm-up).
@@ -53,7 +54,7 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: PyTree
     key: jax.Array
     ema_params: PyTree = None
-    batch_stats: PyTree = None
+    model_state: PyTree = flax.struct.field(default_factory=dict)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
     ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
@@ -65,7 +66,7 @@ class TrainState(flax.struct.PyTreeNode):
         tx: optax.GradientTransformation,
         key: jax.Array,
         ema_decay: float = 0.0,
-        batch_stats: PyTree = None,
+        model_state: PyTree = None,
     ) -> "TrainState":
         """Builds a fresh state; ``tx`` is wrapped in ``optax.apply_if_finite``."""
         if not 0.0 <= ema_decay < 1.0:
@@ -80,13 +81,14 @@ class TrainState(flax.struct.PyTreeNode):
             opt_state=tx.init(params),
             key=key,
             ema_params=jax.tree.map(jnp.copy, params) if ema_decay > 0 else None,
-            batch_stats=batch_stats,
+            model_state={} if model_state is None else model_state,
             tx=tx,
             ema_decay=float(ema_decay),
         )
 
-    def apply_gradients(self, grads: PyTree, batch_stats: PyTree = None) -> "TrainState":
-        """One optimizer update (skipped by ``apply_if_finite`` if ``grads`` are not finite)."""
+    def apply_gradients(self, grads: PyTree, model_state: PyTree = None) -> "TrainState":
+        """One optimizer update (skipped by ``apply_if_finite`` if ``grads`` are not finite); the new
+        ``model_state`` is kept only with the update (``None``: unchanged)."""
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         ema = self.ema_params
@@ -95,11 +97,13 @@ class TrainState(flax.struct.PyTreeNode):
             t = self.step.astype(jnp.float32)
             decay = jnp.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
             ema = optax.incremental_update(params, ema, 1.0 - decay)
-        if batch_stats is not None:
+        if model_state is None:
+            model_state = self.model_state
+        else:
             finite = opt_state.last_finite
-            batch_stats = jax.tree.map(lambda n, o: jnp.where(finite, n, o), batch_stats, self.batch_stats)
-        return self.replace(step=self.step + 1, params=params, opt_state=opt_state,
-                            ema_params=ema, batch_stats=self.batch_stats if batch_stats is None else batch_stats)
+            model_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), model_state, self.model_state)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                            model_state=model_state)
 
     @property
     def eval_params(self) -> PyTree:
@@ -122,6 +126,30 @@ class TwoPlayerState(flax.struct.PyTreeNode):
 
     g: TrainState
     d: TrainState
+
+    @classmethod
+    def create(cls, *, params: PyTree, model_state: PyTree, g_tx: optax.GradientTransformation,
+               d_tx: optax.GradientTransformation, g_key: jax.Array, d_key: jax.Array,
+               ema_decay: float = 0.0) -> "TwoPlayerState":
+        """From a two-player model's ``init``: ``params``/``model_state`` are ``{'g': ..., 'd': ...}``;
+        the generator keeps the EMA (used for sampling), each player has its own optimizer and key."""
+        return cls(g=TrainState.create(params=params["g"], tx=g_tx, key=g_key, ema_decay=ema_decay,
+                                       model_state=model_state.get("g")),
+                   d=TrainState.create(params=params["d"], tx=d_tx, key=d_key, model_state=model_state.get("d")))
+
+    @property
+    def params(self) -> PyTree:
+        """The joint ``{'g': ..., 'd': ...}`` parameters."""
+        return {"g": self.g.params, "d": self.d.params}
+
+    @property
+    def eval_params(self) -> PyTree:
+        """The joint parameters to sample/evaluate with: the generator's EMA when there is one."""
+        return {"g": self.g.eval_params, "d": self.d.params}
+
+    @property
+    def model_state(self) -> PyTree:
+        return {"g": self.g.model_state, "d": self.d.model_state}
 
     @property
     def step(self) -> jax.Array:

@@ -1,8 +1,10 @@
 """Compiled train steps: one factory for every single-objective family, one for two-player games.
 
-A family supplies only its objective ``loss_fn(params, batch, rng) -> (loss, metrics)``; the factory
-returns a step that derives the step's key as ``fold_in(state.key, state.step)``, differentiates the
-objective, skips non-finite updates, updates the EMA, and is jitted once with the state donated.
+A family supplies its objective with the one signature of :mod:`gen_jax.model`,
+``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))`` (e.g. ``model.loss``);
+the factory returns a step that derives the step's key as ``fold_in(state.key, state.step)``,
+differentiates the objective, skips non-finite updates (keeping the old ``model_state`` with them),
+updates the EMA, and is jitted once with the state donated.
 With ``replicas=True`` the same step is ``vmap``-ed over a leading replica axis of the state, so K
 independently seeded models train in one compiled program.
 """
@@ -44,17 +46,24 @@ def global_norm(tree: PyTree) -> jax.Array:
     return jax.lax.cond(jnp.isinf(plain), rescaled, lambda: plain)
 
 
-def _objective_update(state: TrainState, loss_fn: LossFn, *args) -> tuple[TrainState, jax.Array, Metrics]:
-    """Differentiates ``loss_fn(state.params, *args[, batch_stats])`` and applies one update."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if state.batch_stats is None:
-        (loss, metrics), grads = grad_fn(state.params, *args)
-        new_stats = None
+def _update(state: TrainState, loss_fn: LossFn, batch: PyTree, rng: jax.Array, *,
+            joint: tuple[dict, dict] | None = None, player: str | None = None
+            ) -> tuple[TrainState, jax.Array, Metrics]:
+    """Differentiates ``loss_fn`` with respect to ``state.params`` and applies one update.
+
+    Single-objective: ``loss_fn(state.params, state.model_state, batch, rng)``. A player of a two-player
+    game: ``loss_fn({**joint_params, player: state.params}, joint_model_state, batch, rng)``, keeping the
+    player's part of the returned model state.
+    """
+    if player is None:
+        objective = lambda p: loss_fn(p, state.model_state, batch, rng)  # noqa: E731
     else:
-        (loss, (metrics, new_stats)), grads = grad_fn(state.params, *args, state.batch_stats)
+        params, model_state = joint
+        objective = lambda p: loss_fn({**params, player: p}, model_state, batch, rng)  # noqa: E731
+    (loss, (metrics, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     grads = _guard_nonfinite(loss, grads)
-    new_state = state.apply_gradients(grads, new_stats)
-    return new_state, loss, dict(metrics, grad_norm=global_norm(grads))
+    new_state = new_state if player is None else new_state[player]
+    return state.apply_gradients(grads, new_state), loss, dict(metrics, grad_norm=global_norm(grads))
 
 
 def _compile(step: Callable, replicas: bool, batch_axis: int | None, donate: bool) -> Callable:
@@ -75,8 +84,8 @@ def make_train_step(
     """Builds the jitted train step of a single-objective model.
 
     Args:
-      loss_fn: ``loss_fn(params, batch, rng) -> (loss, metrics)``; if the state carries
-        ``batch_stats``, ``loss_fn(params, batch, rng, batch_stats) -> (loss, (metrics, new_stats))``.
+      loss_fn: ``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))``, e.g. a
+        :class:`gen_jax.model.GenerativeModel`'s ``loss``.
       replicas: vmap the step over a leading replica axis of the state (K seeds at once).
       batch_axis: with ``replicas``, the replica axis of the batch (``None``: all replicas share it).
       donate: donate the input state's buffers to the output (the caller must not reuse it).
@@ -90,7 +99,7 @@ def make_train_step(
 
     def step(state: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(state.key, state.step)
-        new_state, loss, metrics = _objective_update(state, loss_fn, batch, rng)
+        new_state, loss, metrics = _update(state, loss_fn, batch, rng)
         skipped = 1 - new_state.opt_state.last_finite.astype(jnp.int32)
         return new_state, dict(metrics, loss=loss, skipped=skipped)
 
@@ -109,10 +118,10 @@ def make_two_player_step(
     """Builds the jitted step of a two-player game (GAN): ``n_critic`` D updates, then one G update.
 
     Args:
-      d_loss_fn: ``d_loss_fn(d_params, g_params, batch, rng) -> (loss, metrics)``, or with
-        ``d_batch_stats`` appended ``-> (loss, (metrics, new_d_batch_stats))`` when D has batch stats.
-      g_loss_fn: ``g_loss_fn(g_params, d_params, batch, rng) -> (loss, metrics)``, with
-        ``d_batch_stats`` appended when D has batch stats (read-only for G).
+      d_loss_fn, g_loss_fn: ``(params, model_state, batch, rng) -> (loss, (metrics, model_state))`` over
+        the joint ``{'g': ..., 'd': ...}`` trees (a :class:`gen_jax.model.TwoPlayerModel`'s ``d_loss`` and
+        ``g_loss``); each is minimised over its own player's parameters, whose part of the returned model
+        state it keeps.
       n_critic: discriminator updates per generator update, each with a fresh key, on the same batch;
         unrolled in the one compiled program (compile time grows with n_critic).
       replicas, batch_axis, donate: as in :func:`make_train_step`.
@@ -123,25 +132,18 @@ def make_two_player_step(
     def step(state: TwoPlayerState, batch: PyTree) -> tuple[TwoPlayerState, Metrics]:
         rng = jax.random.fold_in(state.g.key, state.g.step)
         d_rng, g_rng = jax.random.split(rng)
-
-        def d_update(d: TrainState, i: jax.Array):
-            d, loss, metrics = _objective_update(d, d_loss_fn, state.g.params, batch,
-                                                 jax.random.fold_in(d_rng, i))
-            return d, dict(metrics, d_loss=loss)
-
-        # Unrolled, not a lax.scan: from inside the scan (even of length 1) XLA CPU compiled the weight
-        # gradient of D's strided convolution into a far slower kernel (4.3 s of a 5.5 s DCGAN step at
-        # batch 128; 0.54 s for the whole step unrolled). See experiments/BENCHMARKS.md.
-        d = state.d
+        g, d = state.g, state.d
+        # Unrolled, not a lax.scan: inside a scan XLA CPU compiled the weight gradient of D's strided
+        # convolution into a far slower kernel (experiments/BENCHMARKS.md).
         for i in range(n_critic):
-            d, d_metrics = d_update(d, i)
-        g_args = (d.params, batch, g_rng) + (() if d.batch_stats is None else (d.batch_stats,))
-        grad_fn = jax.value_and_grad(g_loss_fn, has_aux=True)
-        (g_loss, g_metrics), grads = grad_fn(state.g.params, *g_args)
-        grads = _guard_nonfinite(g_loss, grads)
-        g = state.g.apply_gradients(grads)
+            joint = ({"g": g.params, "d": d.params}, {"g": g.model_state, "d": d.model_state})
+            d, d_loss, d_metrics = _update(d, d_loss_fn, batch, jax.random.fold_in(d_rng, i), joint=joint,
+                                           player="d")
+        joint = ({"g": g.params, "d": d.params}, {"g": g.model_state, "d": d.model_state})
+        g, g_loss, g_metrics = _update(g, g_loss_fn, batch, g_rng, joint=joint, player="g")
         metrics = {**{f"d_{k}" if not k.startswith("d_") else k: v for k, v in d_metrics.items()},
-                   **g_metrics, "g_loss": g_loss, "g_grad_norm": global_norm(grads),
+                   "d_loss": d_loss, **{k: v for k, v in g_metrics.items() if k != "grad_norm"},
+                   "g_loss": g_loss, "g_grad_norm": g_metrics["grad_norm"],
                    "skipped": 2 - g.opt_state.last_finite.astype(jnp.int32)
                    - d.opt_state.last_finite.astype(jnp.int32)}
         return TwoPlayerState(g=g, d=d), metrics

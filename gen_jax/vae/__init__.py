@@ -9,13 +9,15 @@ or the tighter importance-weighted bound L_K; evaluate log p_theta(x) by importa
 """
 
 from gen_jax.vae.distributions import (diag_normal_log_prob, kl_diag_normal, kl_monte_carlo,
-                                       sample_diag_normal, standard_normal_log_prob)
+                                       sample_diag_normal)
 from gen_jax.vae.likelihood import (combine_importance_chunks, importance_chunk_logsumexp,
                                    importance_sampled_log_likelihood, num_importance_chunks, vae_log_likelihood)
 from gen_jax.vae.losses import (ElboTerms, decoder_log_likelihood, elbo, iwae_bound,
-                                log_weight_terms, make_vae_loss, posterior_samples, preprocess)
+                                log_weight_terms, posterior_samples, preprocess)
 from gen_jax.vae.models import (VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, conv_vae,
                                 mlp_vae)
+from gen_jax.ops import standard_normal_log_prob
+from gen_jax.vae.protocol import VariationalAutoencoder
 from gen_jax.vae.observations import (LIKELIHOODS, Bernoulli, DiscretizedLogistic, Gaussian,
                                       Likelihood, get_likelihood)
 from gen_jax.vae.sampling import (decode_mean, interpolate, latent_traversal, reconstruct,
@@ -24,6 +26,7 @@ from gen_jax.vae.sampling import (decode_mean, interpolate, latent_traversal, re
 __all__ = [
     "LIKELIHOODS",
     "VAE",
+    "VariationalAutoencoder",
     "Bernoulli",
     "ConvDecoder",
     "ConvEncoder",
@@ -48,7 +51,6 @@ __all__ = [
     "kl_monte_carlo",
     "latent_traversal",
     "log_weight_terms",
-    "make_vae_loss",
     "mlp_vae",
     "num_importance_chunks",
     "posterior_samples",

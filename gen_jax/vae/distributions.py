@@ -6,12 +6,12 @@ Convention used throughout ``gen_jax.vae``: a diagonal Gaussian is given by its 
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 
-_LOG_2PI = math.log(2.0 * math.pi)
+from gen_jax.ops import LOG_2PI, standard_normal_log_prob
+
 
 
 def _check_pair(mean: jax.Array, log_var: jax.Array) -> None:
@@ -57,12 +57,7 @@ def diag_normal_log_prob(z: jax.Array, mean: jax.Array, log_var: jax.Array) -> j
     if z.ndim != mean.ndim:
         raise ValueError(f"z must have the rank of mean, got {z.shape} and {mean.shape}.")
     sq = jnp.square(z - mean) * jnp.exp(-log_var)
-    return -0.5 * jnp.sum(_LOG_2PI + log_var + sq, axis=-1)
-
-
-def standard_normal_log_prob(z: jax.Array) -> jax.Array:
-    """log p(z) for the prior p(z) = N(0, I): -1/2 sum_j [log(2 pi) + z_j^2]. Returns ``[...]``."""
-    return -0.5 * jnp.sum(_LOG_2PI + jnp.square(z), axis=-1)
+    return -0.5 * jnp.sum(LOG_2PI + log_var + sq, axis=-1)
 
 
 def kl_diag_normal(mean: jax.Array, log_var: jax.Array) -> jax.Array:
@@ -101,4 +96,4 @@ def kl_monte_carlo(z: jax.Array, mean: jax.Array, log_var: jax.Array) -> jax.Arr
         raise ValueError(f"z must have shape [..., *{mean.shape}], got {z.shape}.")
     m = mean.reshape((1,) * extra + mean.shape)
     lv = log_var.reshape((1,) * extra + log_var.shape)
-    return diag_normal_log_prob(z, m, lv) - standard_normal_log_prob(z)
+    return diag_normal_log_prob(z, m, lv) - standard_normal_log_prob(z, event_ndims=1)

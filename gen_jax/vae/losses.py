@@ -9,8 +9,8 @@ a lower bound on log p_theta(x): log p_theta(x) = L + KL(q_phi(z|x) || p_theta(z
 The functions here are model-agnostic. A model enters through ``log_likelihood``, a function
 ``z [B, k] -> log p_theta(x|z) [B]`` with x fixed (closed over), and through the posterior
 parameters ``mean, log_var`` (``[B, k]``, q_phi(z|x) = N(mean, diag(exp(log_var)))).
-:func:`make_vae_loss` wires a :class:`~gen_jax.vae.models.VAE` and a likelihood into the engine's
-``loss_fn(params, batch, rng) -> (loss, metrics)``.
+:class:`gen_jax.vae.VariationalAutoencoder` wires a :class:`~gen_jax.vae.models.VAE` and a likelihood
+into the engine's objective (:mod:`gen_jax.model`).
 
 Sample k of a K-sample estimate uses eps_k ~ N(0, I) drawn from ``fold_in(rng, k)``, so estimates
 that share a key share their samples (e.g. a chunked and an unchunked importance-sampled estimate
@@ -25,8 +25,10 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gen_jax.data.preprocess import dynamic_binarize, to_symmetric, to_unit
+from gen_jax.ops import standard_normal_log_prob
 from gen_jax.vae import distributions
-from gen_jax.vae.observations import DiscretizedLogistic, Likelihood, get_likelihood
+from gen_jax.vae.observations import DiscretizedLogistic, Likelihood
 
 LogLikelihoodFn = Callable[[jax.Array], jax.Array]
 
@@ -89,12 +91,12 @@ def log_weight_terms(log_likelihood: LogLikelihoodFn, mean: jax.Array, log_var: 
     """
     # One sample (the usual ELBO) is one plain call: vmap over a size-1 axis gives the same values,
     # but XLA CPU then reduces the decoder's sub-pixel bias gradient with a slow reduce-window
-    # (vae_conv_mnist: 12% of the step; experiments/BENCHMARKS.md).
+    # (experiments/BENCHMARKS.md).
     log_px_z = log_likelihood(z[0])[None] if z.shape[0] == 1 else jax.vmap(log_likelihood)(z)
     if log_px_z.shape != z.shape[:2]:
         raise ValueError(
             f"log_likelihood must map z [B, k] to [B]; got {log_px_z.shape[1:]} for z {z.shape[1:]}.")
-    log_pz = distributions.standard_normal_log_prob(z)
+    log_pz = standard_normal_log_prob(z, event_ndims=1)
     log_qz = distributions.diag_normal_log_prob(z, mean[None], log_var[None])
     return log_px_z, log_pz, log_qz
 
@@ -175,11 +177,8 @@ def preprocess(x: jax.Array, rng: jax.Array, likelihood: Likelihood,
         if binarize is not None:
             raise ValueError("the discretised logistic likelihood models 8-bit values; "
                              "pass binarize=None.")
-        return x.astype(jnp.float32) / 127.5 - 1.0
-    unit = x.astype(jnp.float32) / 255.0
-    if binarize == "dynamic":
-        return jax.random.bernoulli(rng, unit).astype(jnp.float32)
-    return unit
+        return to_symmetric(x)
+    return dynamic_binarize(rng, x) if binarize == "dynamic" else to_unit(x)
 
 
 def decoder_log_likelihood(model: Any, params: Any, likelihood: Likelihood,
@@ -190,66 +189,3 @@ def decoder_log_likelihood(model: Any, params: Any, likelihood: Likelihood,
         return likelihood.log_prob(model.apply({"params": params}, z, method="decode"), x)
 
     return log_likelihood
-
-
-def make_vae_loss(model: Any, *, likelihood: str | Likelihood = "bernoulli", kl: str = "analytic",
-                  beta: float = 1.0, iwae_k: int = 1, binarize: str | None = "dynamic"):
-    """Builds the engine objective ``loss_fn(params, batch, rng) -> (loss, metrics)`` of a VAE.
-
-    With ``iwae_k == 1`` the loss is -1/B sum_b [E_q log p_theta(x_b|z) - beta KL(q_phi(z|x_b)||p(z))]
-    (one reparameterised sample). With ``iwae_k = K > 1`` it is the negative IWAE bound -L_K
-    (``beta`` must then be 1). ``params`` is the VAE's ``'params'`` collection.
-
-    Args:
-      model: a :class:`~gen_jax.vae.models.VAE` whose decoder emits ``likelihood.num_params``
-        parameters per data dimension.
-      likelihood: 'bernoulli', 'gaussian', 'gaussian_fixed', 'logistic' or a likelihood object.
-      kl: 'analytic' or 'mc' (the KL term of the ELBO and of the reported ``kl``).
-      beta: KL weight (beta-VAE), > 0.
-      iwae_k: importance samples K per example.
-      binarize: 'dynamic' or None, applied to integer (uint8) image batches (see :func:`preprocess`).
-
-    Returns:
-      ``loss_fn``. Metrics (batch means): ``elbo_nats`` (L), ``nll_bound_nats`` (-L),
-      ``recon_nats`` (-E_q log p_theta(x|z), the reconstruction NLL), ``kl`` (nats; so
-      -elbo_nats = recon_nats + kl), ``iwae_nats`` (L_K, when K > 1), ``bits_per_dim`` (-L/(D ln 2),
-      for the discretised logistic).
-    """
-    lik = get_likelihood(likelihood)
-    if kl not in KL_KINDS:
-        raise ValueError(f"kl={kl!r}; expected one of {KL_KINDS}.")
-    if binarize not in BINARIZE_KINDS:
-        raise ValueError(f"binarize={binarize!r}; expected one of {BINARIZE_KINDS}.")
-    _check_positive("iwae_k", iwae_k)
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta!r}.")
-    if iwae_k > 1 and beta != 1.0:
-        raise ValueError(f"the IWAE objective (iwae_k={iwae_k}) has no beta; got beta={beta!r}.")
-    if isinstance(lik, DiscretizedLogistic) and binarize is not None:
-        raise ValueError("likelihood='logistic' models 8-bit values; pass binarize=None.")
-
-    def loss_fn(params: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
-        data_rng, z_rng = jax.random.split(rng)
-        x = preprocess(batch["x"], data_rng, lik, binarize)
-        mean, log_var = model.apply({"params": params}, x, method="encode")
-        log_likelihood = decoder_log_likelihood(model, params, lik, x)
-        z = posterior_samples(z_rng, mean, log_var, jnp.arange(iwae_k))
-        terms = log_weight_terms(log_likelihood, mean, log_var, z)
-        e = _elbo_from_terms(*terms, mean, log_var, kl, beta)
-        metrics = {
-            "elbo_nats": jnp.mean(e.elbo),
-            "nll_bound_nats": -jnp.mean(e.elbo),
-            "recon_nats": -jnp.mean(e.recon),
-            "kl": jnp.mean(e.kl),
-        }
-        if iwae_k > 1:
-            bound = _iwae_from_terms(*terms)
-            metrics["iwae_nats"] = jnp.mean(bound)
-            loss = -jnp.mean(bound)
-        else:
-            loss = -jnp.mean(e.objective)
-        if isinstance(lik, DiscretizedLogistic):
-            metrics["bits_per_dim"] = metrics["nll_bound_nats"] / (math.prod(x.shape[1:]) * math.log(2))
-        return loss, metrics
-
-    return loss_fn

@@ -23,12 +23,8 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 
-_LOG_2PI = math.log(2.0 * math.pi)
+from gen_jax.ops import LOG_2PI, sum_except_batch
 
-
-def _sum_event(v: jax.Array) -> jax.Array:
-    """Sum over every axis but the first (batch) axis: ``[B, ...] -> [B]``."""
-    return jnp.sum(v.reshape(v.shape[0], -1), axis=-1)
 
 
 def _split(params: jax.Array, x_shape: tuple[int, ...], num_params: int) -> list[jax.Array]:
@@ -70,7 +66,7 @@ class Bernoulli:
 
     def log_prob(self, params: jax.Array, x: jax.Array) -> jax.Array:
         (logits,) = _split(params, x.shape, 1)
-        return _sum_event(x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits))
+        return sum_except_batch(x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits))
 
     def mean(self, params: jax.Array) -> jax.Array:
         return jax.nn.sigmoid(params)
@@ -109,7 +105,7 @@ class Gaussian:
 
     def log_prob(self, params: jax.Array, x: jax.Array) -> jax.Array:
         mu, log_s = self._mean_log_scale(params, x.shape)
-        return _sum_event(-0.5 * (_LOG_2PI + 2.0 * log_s + jnp.square(x - mu) * jnp.exp(-2.0 * log_s)))
+        return sum_except_batch(-0.5 * (LOG_2PI + 2.0 * log_s + jnp.square(x - mu) * jnp.exp(-2.0 * log_s)))
 
     def mean(self, params: jax.Array) -> jax.Array:
         return self._mean_log_scale(params)[0]
@@ -177,7 +173,7 @@ class DiscretizedLogistic:
         return jnp.where(x < -edge, log_cdf_hi, jnp.where(x > edge, log_sf_lo, mid))
 
     def log_prob(self, params: jax.Array, x: jax.Array) -> jax.Array:
-        return _sum_event(self.log_prob_elementwise(params, x))
+        return sum_except_batch(self.log_prob_elementwise(params, x))
 
     def mean(self, params: jax.Array) -> jax.Array:
         """The logistic location clipped to [-1, 1] (the mode before discretisation)."""

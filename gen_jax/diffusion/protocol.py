@@ -1,0 +1,154 @@
+"""A diffusion model as a :class:`gen_jax.model.GenerativeModel`: the denoising loss, DDPM/DDIM sampling,
+and the variational bound on ``-log p(x)``.
+
+Per example of the loss: t ~ U{1..T}, eps ~ N(0, I), x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,
+loss = w_t * mean_d (target - f_theta(x_t, t))^2 (see :func:`gen_jax.diffusion.loss_weight`); with the
+defaults this is L_simple = E ||eps - eps_theta(x_t, t)||^2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gen_jax.diffusion.losses import (PARAMETERIZATIONS, WEIGHTINGS, denoising_loss, make_denoise_fn,
+                                      to_model_space, variational_bound)
+from gen_jax.diffusion.process import q_sample
+from gen_jax.diffusion.samplers import ddim_sample, ddpm_sample
+from gen_jax.diffusion.schedules import NoiseSchedule
+from gen_jax.model import split_variables
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionModel:
+    """A denoiser trained to reverse a fixed noising process.
+
+    Attributes:
+      denoiser: a :class:`~gen_jax.diffusion.UNet` / :class:`~gen_jax.diffusion.MLPDenoiser` (called with
+        ``train`` and a 'dropout' rng); with ``num_classes`` set it is class-conditional.
+      schedule: the noise schedule.
+      data_shape: the shape of one example; 3-D shapes are 8-bit images (uint8 batches, scaled to
+        [-1, 1] inside; samples returned in [0, 1]).
+      parameterization: what the network predicts: 'eps', 'x0' or 'v'.
+      weighting: 'simple', 'vlb' or 'min_snr' (see :func:`gen_jax.diffusion.loss_weight`).
+      min_snr_gamma: gamma of Min-SNR weighting.
+      variance: reverse variance of the 'vlb' weights ('small' = beta_tilde, 'large' = beta).
+      cond_drop_prob: probability of replacing a label by the null label (index num_classes) while
+        training, so that one network learns conditional and unconditional eps (classifier-free guidance).
+      random_flip: flip each image horizontally with probability 1/2 while training (Ho et al.'s CIFAR-10).
+
+    Loss metrics: ``loss``, ``mse`` (unweighted, in the network's output space).
+    """
+
+    denoiser: nn.Module
+    schedule: NoiseSchedule
+    data_shape: tuple[int, ...]
+    parameterization: str = "eps"
+    weighting: str = "simple"
+    min_snr_gamma: float = 5.0
+    variance: str = "large"
+    cond_drop_prob: float = 0.1
+    random_flip: bool = False
+    apply_fn: Callable = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}; got {self.parameterization!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {self.weighting!r}")
+        if not 0.0 <= self.cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob must lie in [0, 1]; got {self.cond_drop_prob}")
+        if self.random_flip and len(self.data_shape) != 3:
+            raise ValueError(f"random_flip needs images (H, W, C); got data_shape {self.data_shape}")
+        object.__setattr__(self, "data_shape", tuple(self.data_shape))
+        # Built once: the samplers take it as a static (hashed) argument.
+        object.__setattr__(self, "apply_fn", make_denoise_fn(self.denoiser))
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.denoiser, "num_classes", None)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.data_shape) == 3
+
+    def init(self, key: Array, batch: dict | None = None) -> tuple[Any, dict]:
+        """Denoiser parameters (shapes from ``data_shape``; ``batch`` is not needed)."""
+        # Initialised from an 'rbg' key derived from ``key``: the same parameters for the same key, and XLA
+        # compiles a U-Net's many initialisers several times faster than with threefry on CPU.
+        key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
+        x = jnp.zeros((1, *self.data_shape), jnp.float32)
+        label = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        return split_variables(jax.jit(self.denoiser.init)(key, x, jnp.ones((1,), jnp.int32), label))
+
+    def objective(self, params: Any, batch: dict, rng: Array, train: bool = True) -> tuple[Array, dict]:
+        """``(loss, metrics)``; ``train=False`` is the deterministic evaluation loss (dropout off, labels
+        never dropped, images never flipped)."""
+        x0, _ = to_model_space(batch["x"])
+        B = x0.shape[0]
+        k_t, k_eps, k_drop, k_cond, k_flip = jax.random.split(rng, 5)
+        if self.random_flip and train:
+            flip = jax.random.bernoulli(k_flip, 0.5, (B,))[:, None, None, None]
+            x0 = jnp.where(flip, x0[:, :, ::-1, :], x0)
+        t = jax.random.randint(k_t, (B,), 1, self.schedule.num_timesteps + 1)
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        xt = q_sample(self.schedule, x0, t, eps)
+        label = None
+        if self.num_classes is not None:
+            if "label" not in batch:
+                raise ValueError("class-conditional denoiser (num_classes set) needs batch['label']")
+            label = jnp.asarray(batch["label"], jnp.int32)
+            if train:
+                drop = jax.random.bernoulli(k_cond, self.cond_drop_prob, (B,))
+                label = jnp.where(drop, self.num_classes, label)
+        out = self.denoiser.apply({"params": params}, xt, t, label, train=train, rngs={"dropout": k_drop})
+        per_ex, mse = denoising_loss(self.schedule, out, x0, eps, t, parameterization=self.parameterization,
+                                     weighting=self.weighting, min_snr_gamma=self.min_snr_gamma,
+                                     variance=self.variance)
+        loss = jnp.mean(per_ex)
+        return loss, {"loss": loss, "mse": jnp.mean(mse)}
+
+    def loss(self, params: Any, model_state: dict, batch: dict, rng: Array) -> tuple[Array, tuple[dict, dict]]:
+        loss, metrics = self.objective(params, batch, rng, train=True)
+        return loss, (metrics, model_state)
+
+    def reverse_process(self, params: Any, key: Array, n: int, *, sampler: str = "ddpm",
+                        labels: Array | None = None, guidance_scale: float | None = None,
+                        ddpm_variance: str = "small", ddim_steps: int = 50, ddim_eta: float = 0.0,
+                        ddim_spacing: str = "uniform", clip_x0: float | None = None, trajectory: bool = False):
+        """Samples in the model's space ([-1, 1] for images), optionally with the reverse trajectory
+        (see :func:`gen_jax.diffusion.ddpm_sample`). Class-conditional models get ``labels`` (default:
+        0, 1, ..., cycling over the classes) and ``guidance_scale`` (None: plain conditional sampling)."""
+        if self.num_classes is not None and labels is None:
+            labels = jnp.arange(n, dtype=jnp.int32) % self.num_classes
+        common = dict(label=labels if self.num_classes else None,
+                      guidance_scale=None if self.num_classes is None else guidance_scale,
+                      parameterization=self.parameterization, clip_x0=clip_x0, return_trajectory=trajectory)
+        shape = (n, *self.data_shape)
+        if sampler == "ddpm":
+            return ddpm_sample(self.apply_fn, params, self.schedule, key, shape, variance=ddpm_variance, **common)
+        if sampler == "ddim":
+            return ddim_sample(self.apply_fn, params, self.schedule, key, shape, num_steps=int(ddim_steps),
+                               eta=float(ddim_eta), spacing=ddim_spacing, **common)
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim'; got {sampler!r}")
+
+    def to_data(self, x: Array) -> Array:
+        """Model space -> data space (images: [-1, 1] -> [0, 1], clipped)."""
+        return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0) if self.is_image else x
+
+    def sample(self, params: Any, key: Array, n: int, **options) -> Array:
+        """``n`` samples in data space; ``options`` as in :meth:`reverse_process` (without ``trajectory``)."""
+        return self.to_data(self.reverse_process(params, key, n, **options))
+
+    def bound(self, params: Any, x: Array, key: Array, *, label: Array | None = None, variance: str = "large",
+              t_chunk: int = 1) -> dict[str, Array]:
+        """The full variational bound on ``-log p(x)`` per example and its terms
+        (:func:`gen_jax.diffusion.variational_bound`)."""
+        return variational_bound(self.apply_fn, params, self.schedule, x, key, label=label,
+                                 parameterization=self.parameterization, variance=variance, t_chunk=t_chunk)
