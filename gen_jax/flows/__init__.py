@@ -4,26 +4,29 @@ Every layer is a bijector with ``forward(x) -> (z, log_det [B])`` and
 ``inverse(z) -> (x, log_det [B])`` and an explicit, analytic log-determinant.
 """
 
+from gen_jax.flows.autoregressive import (
+    MaskedAutoregressive,
+    made_masks,
+)
 from gen_jax.flows.bijectors import (
     ActNorm,
-    AdditiveCoupling,
     Affine,
-    AffineCoupling,
     Bijector,
     Chain,
     Invertible1x1Conv,
     Logit,
-    MaskedAutoregressive,
     MultiScaleFlow,
     Permute,
-    SplineCoupling,
     Squeeze,
-    checkerboard,
-    made_masks,
-    rational_quadratic_spline,
-
 )
 from gen_jax.flows.conditioners import MLP, ConvNet
+from gen_jax.flows.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    SplineCoupling,
+    checkerboard,
+    rational_quadratic_spline,
+)
 from gen_jax.flows.losses import (
     bits_per_dim,
     discrete_nll_nats,
@@ -36,7 +39,6 @@ from gen_jax.flows.models import (
     Glow,
     MultiScaleRealNVP,
     RealNVP,
-
 )
 from gen_jax.flows.protocol import NormalizingFlow
 from gen_jax.ops import standard_normal_log_prob, sum_except_batch

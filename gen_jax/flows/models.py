@@ -27,22 +27,26 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from gen_jax.ops import standard_normal_log_prob
+from gen_jax.flows.autoregressive import (
+    MaskedAutoregressive,
+)
 from gen_jax.flows.bijectors import (
     ActNorm,
     Affine,
-    AdditiveCoupling,
-    AffineCoupling,
     Bijector,
     Chain,
     Invertible1x1Conv,
     Logit,
-    MaskedAutoregressive,
     MultiScaleFlow,
     Permute,
-    SplineCoupling,
     Squeeze,
 )
+from gen_jax.flows.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    SplineCoupling,
+)
+from gen_jax.ops import standard_normal_log_prob
 
 Array = jax.Array
 
