@@ -268,6 +268,87 @@ def _check_finite_evaluation(summary: dict) -> None:
                             f"(config.optim.learning_rate) or gradient clipping (config.optim.grad_clip).")
 
 
+class _Evaluations:
+    """The periodic sample/eval hooks and the final evaluation of one run: they share its keys (the
+    evaluation at the last step reuses the final evaluation's key, and its result) and held-out data."""
+
+    def __init__(self, p: Prepared, *, main: bool, progress: bool):
+        self.p, self.main, self.progress = p, main, progress
+        _, self.sample_key, self.eval_key = jax.random.split(jax.random.key(p.config.seed), 3)
+        self.batches = p.ctx.batches
+        self.show = 64 if p.data.kind == "image" else 2000  # samples in the pictures of samples/
+        self.at_last_step: dict | None = None
+
+    def evaluate(self, state, key, announce: bool) -> dict:
+        p = self.p
+        p.seeds.update(p.ctx, local_replica(state))  # on every process: gathering sharded params is collective
+        p.ctx.batches = lambda: with_progress(self.batches(), p.ctx.num_batches, "evaluating",
+                                              enabled=announce and self.main)
+        return evaluators_lib.evaluate(p.evaluators, p.ctx, key)
+
+    def sample_hook(self, state, step: int) -> None:
+        self.p.seeds.update(self.p.ctx, local_replica(state))
+        if self.main:
+            outputs.save_samples(self.p.ctx, jax.random.fold_in(self.sample_key, step), self.show,
+                                 os.path.join(self.p.workdir, "samples", f"step_{step:07d}.png"))
+
+    def eval_hook(self, state, step: int) -> dict:
+        if step == self.p.config.train.num_steps:
+            self.at_last_step = out = self.evaluate(state, self.eval_key, self.progress)
+        else:
+            out = self.evaluate(state, jax.random.fold_in(self.eval_key, step), False)
+        return {f"eval_{k}": v for k, v in out.items()}
+
+    def hooks(self) -> list:
+        t = self.p.config.train
+        return ([(t.sample_every, self.sample_hook)] if t.sample_every else []) + \
+               ([(t.eval_every, self.eval_hook)] if t.eval_every else [])
+
+    def final(self, state, summary: dict) -> None:
+        """Evaluates ``state`` into ``summary`` and writes samples.png, the curves, the figures,
+        summary.json and report.md (on the main process)."""
+        p, workdir = self.p, self.p.workdir
+        if self.progress and self.main:
+            print("final evaluation ...", file=sys.stderr, flush=True)
+        t_eval = time.perf_counter()
+        done = self.at_last_step if summary["steps"] == p.config.train.num_steps else None
+        summary["eval"] = done or self.evaluate(state, self.eval_key, self.progress)
+        if p.data.kind == "toy":
+            summary["entropy_nats"] = p.data.toy.entropy
+        if self.main:
+            outputs.save_samples(p.ctx, self.sample_key, 64 if p.data.kind == "image" else p.config.eval.num_samples,
+                                 os.path.join(workdir, "samples.png"), density=True)
+            outputs.save_curves(workdir, p.config.family)
+            summary["figures"] = outputs.save_figures(p.figures, p.ctx, jax.random.fold_in(self.sample_key, 1),
+                                                      workdir)
+        summary["eval_time_s"] = round(time.perf_counter() - t_eval, 2)
+        if self.main:
+            with open(os.path.join(workdir, "summary.json"), "w") as f:
+                f.write(json_dumps(summary, indent=2))
+            outputs.write_report(p.config, summary, workdir)
+            if self.progress:
+                print(f"final evaluation done in {summary['eval_time_s']} s", file=sys.stderr, flush=True)
+
+
+def _train(p: Prepared, evals: _Evaluations, *, main: bool, progress: bool):
+    """Runs :func:`fit` from the prepared state; returns ``(state, interrupted, seconds)``."""
+    config, mesh = p.config, p.mesh
+    state = shard_state(p.state, mesh) if config.train.shard_params else replicate(p.state, mesh)
+    t0 = time.perf_counter()
+    try:
+        state, interrupted = fit(
+            state, keep_state_sharding(p.seeds.train_step, state, mesh), p.train_batches,
+            num_steps=config.train.num_steps, workdir=p.workdir, checkpointer=p.checkpointer,
+            checkpoint_every=config.train.checkpoint_every, log_every=config.train.log_every, hooks=evals.hooks(),
+            max_nonfinite=config.train.max_nonfinite, max_skipped_fraction=config.train.max_skipped_fraction,
+            max_loss_growth=config.train.max_loss_growth or None,
+            put_batch=lambda b: shard_batch(b, mesh, 0), progress=progress, is_main_process=main)
+    except DivergedError as e:
+        raise type(e)(f"{e} (config: optim.learning_rate, optim.grad_clip; the limits: train.max_nonfinite, "
+                      f"train.max_skipped_fraction, train.max_loss_growth)") from None
+    return state, interrupted, time.perf_counter() - t0
+
+
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart: bool = False,
                        progress: bool = True) -> RunResult:
     """Trains ``config`` in ``workdir`` (resuming from the newest intact checkpoint if there is one) and
@@ -282,91 +363,30 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
     p = prepare(config, workdir, restart=restart)
     main = jax.process_index() == 0
     _commit(p, main)
-    seeds, ctx, data, mesh, checkpointer = p.seeds, p.ctx, p.data, p.mesh, p.checkpointer
     if progress and main and p.resumed_from is not None:
         note = " (the newest intact checkpoint)" if p.corrupt else ""
         print(f"resuming {workdir} from step {p.resumed_from}{note}", flush=True)
-
-    _, sample_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
-    state = shard_state(p.state, mesh) if config.train.shard_params else replicate(p.state, mesh)
-    num_steps = config.train.num_steps
-    final_eval: dict[int, dict] = {}  # the periodic evaluation at the last step is the final one
-    show = 64 if data.kind == "image" else 2000  # samples in the pictures of samples/
-    eval_batches = ctx.batches  # the held-out data; evaluations see it with progress where announced
-
-    def evaluate(st, key, announce: bool):
-        seeds.update(ctx, local_replica(st))  # on every process: gathering sharded parameters is collective
-        ctx.batches = lambda: with_progress(eval_batches(), ctx.num_batches, "evaluating", enabled=announce and main)
-        return evaluators_lib.evaluate(p.evaluators, ctx, key)
-
-    def sample_hook(st, step):
-        seeds.update(ctx, local_replica(st))
-        if main:
-            outputs.save_samples(ctx, jax.random.fold_in(sample_key, step), show,
-                                 os.path.join(workdir, "samples", f"step_{step:07d}.png"))
-
-    def eval_hook(st, step):
-        if step == num_steps:  # the same key as the final evaluation, which then reuses the result
-            final_eval[step] = out = evaluate(st, eval_key, progress)
-        else:
-            out = evaluate(st, jax.random.fold_in(eval_key, step), False)
-        return {f"eval_{k}": v for k, v in out.items()}
-
-    hooks = []
-    if config.train.sample_every:
-        hooks.append((config.train.sample_every, sample_hook))
-    if config.train.eval_every:
-        hooks.append((config.train.eval_every, eval_hook))
-    t0 = time.perf_counter()
-    try:
-        state, interrupted = fit(
-            state, keep_state_sharding(seeds.train_step, state, mesh), p.train_batches, num_steps=num_steps,
-            workdir=workdir, checkpointer=checkpointer, checkpoint_every=config.train.checkpoint_every,
-            log_every=config.train.log_every, hooks=hooks, max_nonfinite=config.train.max_nonfinite,
-            max_skipped_fraction=config.train.max_skipped_fraction,
-            max_loss_growth=config.train.max_loss_growth or None,
-            put_batch=lambda b: shard_batch(b, mesh, 0), progress=progress, is_main_process=main)
-    except DivergedError as e:
-        raise type(e)(f"{e} (config: optim.learning_rate, optim.grad_clip; the limits: train.max_nonfinite, "
-                      f"train.max_skipped_fraction, train.max_loss_growth)") from None
-    train_time = time.perf_counter() - t0
-    checkpointer.close()
+    evals = _Evaluations(p, main=main, progress=progress)
+    state, interrupted, train_time = _train(p, evals, main=main, progress=progress)
+    p.checkpointer.close()
     state = local_replica(state)
-    seeds.update(ctx, state)
+    p.seeds.update(p.ctx, state)
     summary = {"family": config.family, "data": config.data.name, "steps": int(np.max(jax.device_get(state.step))),
                "train_time_s": round(train_time, 2), "resumed_from": p.resumed_from, "interrupted": interrupted,
                "params_checksum": _checksum(state)}
     if p.corrupt:
         summary["corrupt_checkpoints_skipped"] = [e.step for e in p.corrupt]
     if interrupted:
-        return RunResult(summary, seeds, state, ctx, interrupted)
-
+        return RunResult(summary, p.seeds, state, p.ctx, interrupted)
     try:
         with interrupt_on_signals():
-            if progress and main:
-                print("final evaluation ...", file=sys.stderr, flush=True)
-            t_eval = time.perf_counter()
-            summary["eval"] = final_eval.get(summary["steps"]) or evaluate(state, eval_key, progress)
-            if data.kind == "toy":
-                summary["entropy_nats"] = data.toy.entropy
-            if main:
-                outputs.save_samples(ctx, sample_key, 64 if data.kind == "image" else config.eval.num_samples,
-                                     os.path.join(workdir, "samples.png"), density=True)
-                outputs.save_curves(workdir, config.family)
-                summary["figures"] = outputs.save_figures(p.figures, ctx, jax.random.fold_in(sample_key, 1), workdir)
-            summary["eval_time_s"] = round(time.perf_counter() - t_eval, 2)
-            if main:
-                with open(os.path.join(workdir, "summary.json"), "w") as f:
-                    f.write(json_dumps(summary, indent=2))
-                outputs.write_report(config, summary, workdir)
-                if progress:
-                    print(f"final evaluation done in {summary['eval_time_s']} s", file=sys.stderr, flush=True)
+            evals.final(state, summary)
     except Interrupted as e:
         if main:
             print(f"\n{e.args[0]} received during the final evaluation: training is complete and "
                   f"checkpointed at step {summary['steps']}; rerun the same command to evaluate "
                   f"(nothing is retrained).", file=sys.stderr, flush=True)
         summary["interrupted"] = True
-        return RunResult(summary, seeds, state, ctx, True)
+        return RunResult(summary, p.seeds, state, p.ctx, True)
     _check_finite_evaluation(summary)
-    return RunResult(summary, seeds, state, ctx, interrupted)
+    return RunResult(summary, p.seeds, state, p.ctx, interrupted)

@@ -169,6 +169,95 @@ def _loss_keys(metrics: dict) -> list[str]:
     return [k for k in metrics if k == "loss" or k.endswith("_loss")]
 
 
+class _DivergenceGuard:
+    """The checks :func:`fit` runs at every log point: too many skipped (non-finite) updates, consecutive
+    or in all, and a loss grown past ``max_loss_growth`` times its size at the call's first step."""
+
+    def __init__(self, start: int, num_steps: int, max_nonfinite: int, max_skipped_fraction: float,
+                 max_loss_growth: float | None, checkpointer: Checkpointer | None):
+        self.start, self.num_steps, self.checkpointer = start, num_steps, checkpointer
+        self.max_nonfinite, self.max_skipped_fraction = max_nonfinite, max_skipped_fraction
+        self.max_loss_growth = max_loss_growth
+        self.first_losses: dict[str, float] = {}  # |loss| at this call's first step: the scale of divergence
+
+    def first_step(self, metrics: dict) -> None:
+        if self.max_loss_growth is None:
+            return
+        first = jax.device_get({k: metrics[k] for k in _loss_keys(metrics)})
+        self.first_losses = {k: abs(float(np.mean(v))) for k, v in first.items() if math.isfinite(float(np.mean(v)))}
+
+    def check(self, state: Any, step: int, window_start: int, logged: dict[str, float]) -> None:
+        consecutive = int(np.max(jax.device_get(state.nonfinite_consecutive)))
+        total = int(np.max(jax.device_get(state.nonfinite_total)))
+        last = self.checkpointer.latest_step() if self.checkpointer is not None else None
+        kept = "no checkpoint was written" if last is None else f"the checkpoint of step {last} is kept"
+        advice = (f"stopped without writing a checkpoint ({kept}). Try a lower learning rate or gradient "
+                  f"clipping, or check the data.")
+        if consecutive >= self.max_nonfinite:
+            raise NonFiniteError(f"{consecutive} consecutive non-finite losses/gradients up to step {step}; "
+                                 + advice)
+        if total > self.max_skipped_fraction * self.num_steps:
+            raise NonFiniteError(f"{total} of the first {step} updates were skipped as non-finite, more than "
+                                 f"{self.max_skipped_fraction:g} of the run's {self.num_steps} steps; " + advice)
+        if self.max_loss_growth is None:
+            return
+        for k, first in self.first_losses.items():
+            value = logged.get(k, float("nan"))
+            if math.isfinite(value) and abs(value) > self.max_loss_growth * max(first, 1.0):
+                raise DivergedError(f"the loss diverged: {k} = {value:.4g} (mean of steps {window_start + 1}-{step}), "
+                                    f"more than {self.max_loss_growth:g} x max(|{k}| at step {self.start + 1} = "
+                                    f"{first:.4g}, 1); " + advice)
+
+
+class _TrainLog:
+    """Metric means over each log window, to ``metrics.jsonl`` and the progress bar (off a terminal:
+    one line per log point, with the time left)."""
+
+    def __init__(self, workdir: str | None, start: int, num_steps: int, *, progress: bool, is_main_process: bool):
+        self.start, self.num_steps = start, num_steps
+        self.writer = (MetricsWriter(os.path.join(workdir, "metrics.jsonl"), resume_from=start)
+                       if workdir and is_main_process else None)
+        self.bar = None
+        if progress and is_main_process and start < num_steps:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                            disable=None, file=sys.stderr)
+        self.pending: list[dict] = []
+        self.t_start = self.t_last = time.perf_counter()
+        self.window_start = start
+
+    def flush(self, state: Any, step: int) -> dict[str, float]:
+        """Logs the means of the metrics since the last log point; returns them."""
+        host = jax.device_get(self.pending)
+        logged = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
+        now = time.perf_counter()
+        logged["steps_per_sec"] = (step - self.window_start) / max(now - self.t_last, 1e-9)
+        logged["nonfinite_total"] = float(np.max(jax.device_get(state.nonfinite_total)))
+        self.pending = []
+        self.write(step, logged)
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in list(logged.items())[:4]}, refresh=False)
+            if self.bar.disable:
+                rate = (step - self.start) / max(now - self.t_start, 1e-9)
+                print(f"step {step}/{self.num_steps} " + " ".join(f"{k}={v:.4g}" for k, v in logged.items())
+                      + f" elapsed={_duration(now - self.t_start)} eta={_duration((self.num_steps - step) / rate)}",
+                      flush=True)
+        self.t_last = now
+        return logged
+
+    def write(self, step: int, metrics: dict | None) -> None:
+        if metrics and self.writer:
+            self.writer.write(step, metrics)
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def fit(
     state: Any,
     train_step: Callable[[Any, Any], tuple[Any, dict]],
@@ -223,19 +312,9 @@ def fit(
     if max_loss_growth is not None and not max_loss_growth > 1:
         raise ValueError(f"max_loss_growth must be > 1 or None, got {max_loss_growth!r}")
     start = _scalar_step(state)
-    writer = (MetricsWriter(os.path.join(workdir, "metrics.jsonl"), resume_from=start)
-              if workdir and is_main_process else None)
-    bar = None
-    if progress and is_main_process and start < num_steps:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-                   disable=None, file=sys.stderr)
-    pending: list[dict] = []
-    t_start = t_last = time.perf_counter()
-    step_last = start
+    log = _TrainLog(workdir, start, num_steps, progress=progress, is_main_process=is_main_process)
+    guard = _DivergenceGuard(start, num_steps, max_nonfinite, max_skipped_fraction, max_loss_growth, checkpointer)
     interrupted = False
-    first_losses: dict[str, float] = {}  # |loss| at this call's first step: the scale of divergence
-
     saved = {start}  # a step is written once (a signal can arrive on a checkpoint step)
 
     def save(step):
@@ -243,64 +322,23 @@ def fit(
             checkpointer.save(step, state)
             saved.add(step)
 
-    def check(step: int, logged: dict[str, float]) -> None:
-        consecutive = int(np.max(jax.device_get(state.nonfinite_consecutive)))
-        total = int(np.max(jax.device_get(state.nonfinite_total)))
-        last = checkpointer.latest_step() if checkpointer is not None else None
-        kept = "no checkpoint was written" if last is None else f"the checkpoint of step {last} is kept"
-        advice = (f"stopped without writing a checkpoint ({kept}). Try a lower learning rate or gradient "
-                  f"clipping, or check the data.")
-        if consecutive >= max_nonfinite:
-            raise NonFiniteError(f"{consecutive} consecutive non-finite losses/gradients up to step {step}; "
-                                 + advice)
-        if total > max_skipped_fraction * num_steps:
-            raise NonFiniteError(f"{total} of the first {step} updates were skipped as non-finite, more than "
-                                 f"{max_skipped_fraction:g} of the run's {num_steps} steps; " + advice)
-        if max_loss_growth is None:
-            return
-        for k, first in first_losses.items():
-            value = logged.get(k, float("nan"))
-            if math.isfinite(value) and abs(value) > max_loss_growth * max(first, 1.0):
-                raise DivergedError(f"the loss diverged: {k} = {value:.4g} (mean of steps {step_last + 1}-{step}), "
-                                    f"more than {max_loss_growth:g} x max(|{k}| at step {start + 1} = {first:.4g}, "
-                                    f"1); " + advice)
-
     with _stop_on_signals() as stop:
         it = batches(start)
         for step in range(start + 1, num_steps + 1):
             state, metrics = train_step(state, put_batch(next(it)))
-            pending.append(metrics)
-            if step == start + 1 and max_loss_growth is not None:
-                first = jax.device_get({k: metrics[k] for k in _loss_keys(metrics)})
-                first_losses = {k: abs(float(np.mean(v))) for k, v in first.items()
-                                if math.isfinite(float(np.mean(v)))}
+            log.pending.append(metrics)
+            if step == start + 1:
+                guard.first_step(metrics)
             if step % log_every == 0 or step == num_steps:
-                host = jax.device_get(pending)
-                logged = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
-                now = time.perf_counter()
-                logged["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
-                logged["nonfinite_total"] = float(np.max(jax.device_get(state.nonfinite_total)))
-                pending = []
-                if writer:
-                    writer.write(step, logged)
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(logged.items())[:4]}, refresh=False)
-                    if bar.disable:  # not a terminal: one line per log point, with the time left
-                        rate = (step - start) / max(now - t_start, 1e-9)
-                        print(f"step {step}/{num_steps} " + " ".join(f"{k}={v:.4g}" for k, v in logged.items())
-                              + f" elapsed={_duration(now - t_start)} eta={_duration((num_steps - step) / rate)}",
-                              flush=True)
-                check(step, logged)
-                t_last, step_last = now, step
+                logged = log.flush(state, step)
+                guard.check(state, step, log.window_start, logged)
+                log.window_start = step
             for every, fn in hooks:
                 if step % every == 0 or step == num_steps:
-                    out = fn(state, step)
-                    if out and writer:
-                        writer.write(step, out)
+                    log.write(step, fn(state, step))
             if step % checkpoint_every == 0 and step != num_steps:
                 save(step)
-            if bar is not None:
-                bar.update(1)
+            log.tick()
             if stop["signal"] is not None:
                 save(step)
                 print(f"\n{stop['signal']} received: checkpoint written at step {step}; rerun the same "
@@ -310,6 +348,5 @@ def fit(
         else:
             if start < num_steps:
                 save(num_steps)
-    if bar is not None:
-        bar.close()
+    log.close()
     return state, interrupted
