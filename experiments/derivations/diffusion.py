@@ -26,78 +26,27 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 
-from experiments.derivations.common import (Z, Check, compare, float64, jit, kolmogorov_critical,
-                                            ks_statistic, ks_two_sample, mean_and_se, to_f64)
+from experiments.derivations.common import (
+    Check,
+    Z,
+    compare,
+    float64,
+    jit,
+    kolmogorov_critical,
+    ks_statistic,
+    mean_and_se,
+)
+from experiments.derivations.diffusion_samplers import check_ddim_eta1_is_ddpm, check_exact_denoiser_recovers_data
+from experiments.derivations.diffusion_setting import (
+    FAMILY,
+    SCHEDULE_F32_TOL,
+    data_points,
+    denoiser_params,
+    gmm_eps,
+    independent_coefficients,
+    schedule,
+)
 from gen_jax import diffusion
-
-FAMILY = "diffusion"
-T_MAIN = 1000
-MEANS = np.array([[-1.0, -0.5], [1.0, -0.8], [0.0, 1.0], [0.9, 0.9]])
-STDS = np.array([0.15, 0.25, 0.2, 0.1])
-WEIGHTS = np.array([0.35, 0.25, 0.25, 0.15])
-PROJECTIONS = np.array([[1.0, 0.0], [0.0, 1.0], [math.sqrt(0.5), math.sqrt(0.5)], [math.sqrt(0.5), -math.sqrt(0.5)]])
-SCHEDULE_F32_TOL = 1e-6  # relative error of float32-stored schedule coefficients (~6e-8) with margin
-
-
-# ------------------------------------------------------------------------------------ the setting
-@functools.lru_cache(maxsize=None)
-def schedule(T: int = T_MAIN, beta_start: float = 1e-4, beta_end: float = 0.02) -> diffusion.NoiseSchedule:
-    """The library's linear schedule, cast to float64."""
-    return to_f64(diffusion.NoiseSchedule.linear(T, beta_start, beta_end))
-
-
-def independent_coefficients(sched: diffusion.NoiseSchedule) -> dict[str, np.ndarray]:
-    """alpha_t, alpha_bar_t = prod_{s<=t} (1 - beta_s), alpha_bar_{t-1} from the betas alone (numpy)."""
-    betas = np.asarray(sched.betas, np.float64)
-    alphas = 1.0 - betas
-    abar = np.cumprod(alphas)
-    return {"betas": betas, "alphas": alphas, "abar": abar, "abar_prev": np.concatenate([[1.0], abar[:-1]])}
-
-
-def denoiser_params(sched: diffusion.NoiseSchedule, gain: float = 1.0, shift: float = 0.0) -> dict:
-    """Parameters of :func:`gmm_eps`: the mixture, the schedule's alpha_bar, and a distortion (in the
-    schedule's float dtype)."""
-    dtype = sched.alpha_bars.dtype
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype), {
-        "alpha_bars": sched.alpha_bars, "means": MEANS, "stds": STDS, "log_w": np.log(WEIGHTS),
-        "gain": np.asarray(gain), "shift": np.asarray(shift)})
-
-
-def gmm_eps(params: dict, x_t: jax.Array, t: jax.Array, label=None) -> jax.Array:
-    """gain * eps*(x_t, t) + shift, eps* the exact E[eps | x_t] for the mixture data.
-
-    Follows the library's denoiser protocol ``apply_fn(params, x_t [B, D], t [B], label) -> [B, D]``.
-    """
-    del label
-    abar = jnp.take(params["alpha_bars"], t - 1)  # [B]
-    sa = jnp.sqrt(abar)[:, None, None]  # [B, 1, 1]
-    var0 = jnp.square(params["stds"])[None, :]  # [1, K]
-    var_t = abar[:, None] * var0 + (1.0 - abar[:, None])  # [B, K]: variance of component k at time t
-    mean_t = sa * params["means"][None]  # [B, K, D]
-    diff = x_t[:, None, :] - mean_t  # [B, K, D]
-    d = x_t.shape[-1]
-    log_r = params["log_w"][None, :] - 0.5 * (jnp.sum(jnp.square(diff), -1) / var_t + d * jnp.log(2 * jnp.pi * var_t))
-    r = jax.nn.softmax(log_r, axis=-1)  # [B, K] responsibilities
-    x0_k = params["means"][None] + (sa[:, :, 0] * var0 / var_t)[:, :, None] * diff  # E[x_0 | x_t, k]
-    x0 = jnp.sum(r[:, :, None] * x0_k, axis=1)  # [B, D]
-    eps = (x_t - jnp.sqrt(abar)[:, None] * x0) / jnp.sqrt(1.0 - abar)[:, None]
-    return params["gain"] * eps + params["shift"]
-
-
-def data_points() -> np.ndarray:
-    """Four fixed data points x_0 [4, 2] (one near each mixture mean), rounded to float32."""
-    x = MEANS + np.array([[0.1, -0.05], [-0.2, 0.1], [0.05, 0.15], [0.0, -0.08]])
-    return x.astype(np.float32).astype(np.float64)
-
-
-def mixture_cdf(u: np.ndarray):
-    """CDF of the data projected on the unit vector u: a 1D mixture of Gaussians (numpy)."""
-    m = MEANS @ u
-
-    def cdf(y):
-        return np.sum(WEIGHTS[None] * scipy.special.ndtr((y[:, None] - m[None]) / STDS[None]), axis=1)
-
-    return cdf
 
 
 # ------------------------------------------------------------------------------- forward process
@@ -494,121 +443,6 @@ def check_bound_is_expected_path_log_ratio(num_paths: int, num_keys: int, seed: 
         rhs_how=f"{num_paths} forward paths per data point through the seed's one-step kernel; log densities of "
                 "q and p_theta summed along each path (Gaussian log-densities written here)",
         note=f"Both sides Monte Carlo: tolerance {Z:g} combined standard errors per data point.")
-
-
-# ------------------------------------------------------------------------------------- samplers
-T_SHORT = 20  # the pathwise DDIM/DDPM comparison: few float32 steps, so rounding stays small
-PATHWISE_TOL = 1e-3
-
-
-@functools.lru_cache(maxsize=None)
-def sampler_outputs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """DDPM and DDIM samples with the exact mixture denoiser, and mixture data.
-
-    T = 1000: DDPM, and DDIM with eta = 1 and eta = 0 on another key (one vmapped sampler).
-    T = 20 (linear 1e-3 .. 0.3): DDPM, and DDIM with eta = 1 and 0.99 on DDPM's key. The samplers keep
-    float32 state, so they use the library's float32 schedules.
-    """
-    sched = diffusion.NoiseSchedule.linear(T_MAIN)
-    short = diffusion.NoiseSchedule.linear(T_SHORT, 1e-3, 0.3)
-    shape = (n, 2)
-
-    @functools.partial(jit, optimize=True)  # run-time bound: 1000-step loops
-    def run(sched, params, short, short_params):
-        k_same, k_other = jax.random.split(jax.random.key(seed))
-
-        def ddim(sched, params, key, etas):
-            return jax.vmap(lambda e: diffusion.ddim_sample(gmm_eps, params, sched, key, shape, eta=e))(etas)
-
-        main = ddim(sched, params, k_other, jnp.asarray([1.0, 0.0], jnp.float32))
-        short_ddim = ddim(short, short_params, k_same, jnp.asarray([1.0, 0.99], jnp.float32))
-        return {"ddpm": diffusion.ddpm_sample(gmm_eps, params, sched, k_same, shape, variance="small"),
-                "ddim_eta1_other_key": main[0], "ddim_eta0": main[1],
-                "short_ddpm": diffusion.ddpm_sample(gmm_eps, short_params, short, k_same, shape, variance="small"),
-                "short_ddim_eta1": short_ddim[0], "short_ddim_eta099": short_ddim[1]}
-
-    out = jax.tree.map(np.asarray, run(sched, denoiser_params(sched), short, denoiser_params(short)))
-    rng = np.random.default_rng(seed)
-    comp = rng.choice(len(WEIGHTS), n, p=WEIGHTS)
-    out["data"] = MEANS[comp] + STDS[comp][:, None] * rng.standard_normal((n, 2))
-    return out
-
-
-@float64
-def check_ddim_eta1_is_ddpm(n: int) -> tuple[Check, Check]:
-    """DDIM with eta = 1 over all T steps is DDPM (sigma_t^2 = beta_tilde_t): path by path with the
-    same key, and in distribution with different keys."""
-    s = sampler_outputs(n)
-    diff = np.abs(s["short_ddim_eta1"] - s["short_ddpm"])
-    moved = np.abs(s["short_ddim_eta099"] - s["short_ddpm"])
-    same = compare(
-        FAMILY, "ddim_eta1_equals_ddpm_pathwise", "DDIM(eta = 1, all steps) follows the DDPM path given the same noise",
-        r"\sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t-1}-\tilde\beta_t}\,\hat\epsilon + "
-        r"\sqrt{\tilde\beta_t}\,z"
-        r" = \tilde\mu_t(x_t, \hat x_0) + \sqrt{\tilde\beta_t}\,z",
-        s["short_ddim_eta1"], s["short_ddpm"], PATHWISE_TOL,
-        lhs_how=f"diffusion.ddim_sample(eta=1.0), {n} samples, T = {T_SHORT} (linear beta from 1e-3 to 0.3)",
-        rhs_how="diffusion.ddpm_sample(variance='small'), same key",
-        note=f"The samplers run in float32: the paths agree to {np.median(diff):.0e} in median and "
-             f"{np.max(diff):.0e} at worst (rounding, amplified near the boundaries between modes); absolute "
-             f"tolerance {PATHWISE_TOL:g}. For scale, eta = 0.99 instead of 1 moves the paths by "
-             f"{np.median(moved):.0e} in median and {np.max(moved):.0e} at most. (A short schedule keeps the "
-             "rounding small; the identity holds step by step for any T.)")
-    proj_a, proj_b = s["ddim_eta1_other_key"] @ PROJECTIONS.T, s["ddpm"] @ PROJECTIONS.T
-    stats = np.array([ks_two_sample(proj_a[:, j], proj_b[:, j]) for j in range(PROJECTIONS.shape[0])])
-    crit = kolmogorov_critical(n, 1e-3 / PROJECTIONS.shape[0]) * math.sqrt(2.0)  # two samples of size n
-    dist = compare(
-        FAMILY, "ddim_eta1_equals_ddpm_in_distribution", "DDIM(eta = 1) and DDPM give the same distribution",
-        r"\sup_y |\hat F_\mathrm{DDIM}(y) - \hat F_\mathrm{DDPM}(y)| \le c_{0.999}\ \text{on 4 projections}",
-        stats, crit, 0.0, relation="<=",
-        lhs_how=f"two-sample KS statistics of {n} DDIM(eta=1) samples (another key) vs {n} DDPM samples",
-        rhs_how="critical value at level 1e-3 (Bonferroni over 4 projections)",
-        note="Samples projected on e_1, e_2 and the two diagonals.")
-    return same, dist
-
-
-def _plot_samples(s: dict):
-    def plot(path):
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
-        for ax, (key, title) in zip(axes, (("data", "data (mixture of 4 Gaussians)"),
-                                          ("ddpm", "DDPM, exact "
-                                                   "denoiser"), ("ddim_eta0", "DDIM eta=0, exact denoiser"))):
-            ax.scatter(s[key][:, 0], s[key][:, 1], s=2, alpha=0.4)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlim(-2, 2)
-            ax.set_ylim(-2, 2)
-            ax.set_aspect("equal")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-
-    return plot
-
-
-@float64
-def check_exact_denoiser_recovers_data(n: int) -> list[Check]:
-    """With the exact eps of the mixture, DDPM and DDIM(eta = 0) samples follow the data (KS tests)."""
-    s = sampler_outputs(n)
-    out = []
-    for key, label in (("ddpm", "DDPM"), ("ddim_eta0", "DDIM (eta = 0)")):
-        proj = s[key] @ PROJECTIONS.T
-        stats = np.array([ks_statistic(proj[:, j], mixture_cdf(PROJECTIONS[j])) for j in range(PROJECTIONS.shape[0])])
-        crit = kolmogorov_critical(n, 1e-3 / PROJECTIONS.shape[0])
-        out.append(compare(
-            FAMILY, f"exact_denoiser_recovers_data_{key}", f"{label} with the exact denoiser samples the data "
-                                                           f"distribution",
-            r"\epsilon_\theta = \mathbb{E}[\epsilon|x_t] \;\Rightarrow\; x_0 \sim p_\mathrm{data}:\ "
-            r"\sup_y |\hat F_{u^\top x_0}(y) - F_{u^\top x_\mathrm{data}}(y)| \le c_{0.999}",
-            stats, crit, 0.0, relation="<=",
-            lhs_how=f"one-sample KS statistics of {n} samples of "
-                    f"diffusion.{'ddpm' if key == 'ddpm' else 'ddim'}_sample "
-                    "(T = 1000) projected on e_1, e_2 and the diagonals",
-            rhs_how="exact CDF of the projected mixture (numpy); KS critical value at level 1e-3 (Bonferroni)",
-            note="The 1000-step discretisation error is below the test's resolution at this n.",
-            plot=_plot_samples(s) if key == "ddpm" else None))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ run
