@@ -73,7 +73,7 @@ def test_importance_nll_standard_error_over_examples():
     np.testing.assert_allclose(both["nll_nats_se"], abs(nll0 - nll1) / 2, rtol=1e-3)
 
 
-@pytest.mark.parametrize("rows_per_call,num_seeds", [(0, 1), (12, 1), (12, 2)])
+@pytest.mark.parametrize("rows_per_call,num_seeds", [(0, 1), (12, 2)])
 def test_importance_nll_in_short_calls_equals_the_whole_batch_estimate(rows_per_call, num_seeds):
     """The K importance samples run as one call per chunk (and per row block): every seed's NLL equals
     the one-call library estimate, vae.vae_log_likelihood on the same binarised batch with the same key,

@@ -148,7 +148,9 @@ def _cli_summary(config, workdir, devices, *extra):
 
 
 @pytest.mark.parametrize("config", ["experiments/configs/realnvp_toy.py:smoke",
-                                    "experiments/configs/gan_ring8.py:smoke"])
+                                    # the two-player engine on four devices is in the default run
+                                    # (test_four_devices_equal_one_device_two_player); its runner: slow
+                                    pytest.param("experiments/configs/gan_ring8.py:smoke", marks=pytest.mark.slow)])
 def test_family_trains_the_same_on_four_devices_as_on_one(config, tmp_path):
     """The real tasks (a flow; the GAN with its seeds vmapped) through the CLI: 4 devices == 1 device."""
     one = _cli_summary(config, tmp_path / "one", 1, "--config.train.num_steps=8")
