@@ -13,7 +13,6 @@ NaN/Inf is skipped and counted (``state.nonfinite_total``; consecutive skips in
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.struct
@@ -27,10 +26,9 @@ PyTree = Any
 _MAX_CONSECUTIVE_NONFINITE = 2**30
 
 
-@functools.lru_cache(maxsize=None)
 def _skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``apply_if_finite(tx)``, one object per ``tx``: states built from one ``tx`` share a pytree
-    structure (so they stack, restore and hit the same compiled step)."""
+    """``apply_if_finite(tx)``, built where it is used: the state keeps ``tx`` as given, so states
+    built from one ``tx`` share a pytree structure (they stack, restore and hit one compiled step)."""
     return optax.apply_if_finite(tx, _MAX_CONSECUTIVE_NONFINITE)
 
 
@@ -40,11 +38,12 @@ class TrainState(flax.struct.PyTreeNode):
     Attributes:
       step: int32 scalar, number of optimizer updates attempted so far.
       params: trainable parameters.
-      opt_state: state of ``tx`` (an ``optax.ApplyIfFiniteState`` at the top level).
+      opt_state: state of ``optax.apply_if_finite(tx)`` (an ``optax.ApplyIfFiniteState``).
       key: typed PRNG key of the run; the step derives ``fold_in(key, step)`` from it.
       ema_params: EMA of ``params`` when ``ema_decay > 0``, else ``None``.
       model_state: the model's non-trainable variables (``{}`` if it has none).
-      tx: the optax transformation (static).
+      tx: the optax transformation as given (static); every update goes through
+        ``apply_if_finite(tx)``.
       ema_decay: EMA decay in [0, 1) (static); 0 disables the EMA. At update t the decay used is
         ``min(ema_decay, (1 + t) / (10 + t))`` (the usual warm-up).
     """
@@ -68,17 +67,16 @@ class TrainState(flax.struct.PyTreeNode):
         ema_decay: float = 0.0,
         model_state: PyTree = None,
     ) -> "TrainState":
-        """Builds a fresh state; ``tx`` is wrapped in ``optax.apply_if_finite``."""
+        """Builds a fresh state; its updates go through ``optax.apply_if_finite(tx)``."""
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         if not jax.dtypes.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
             raise TypeError("key must be a typed PRNG key from jax.random.key(seed), got "
                             f"an array of dtype {jnp.asarray(key).dtype}")
-        tx = _skip_nonfinite(tx)
         return cls(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            opt_state=tx.init(params),
+            opt_state=_skip_nonfinite(tx).init(params),
             key=key,
             ema_params=jax.tree.map(jnp.copy, params) if ema_decay > 0 else None,
             model_state={} if model_state is None else model_state,
@@ -89,7 +87,7 @@ class TrainState(flax.struct.PyTreeNode):
     def apply_gradients(self, grads: PyTree, model_state: PyTree = None) -> "TrainState":
         """One optimizer update (skipped by ``apply_if_finite`` if ``grads`` are not finite); the new
         ``model_state`` is kept only with the update (``None``: unchanged)."""
-        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        updates, opt_state = _skip_nonfinite(self.tx).update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         ema = self.ema_params
         if self.ema_decay > 0:
