@@ -137,3 +137,16 @@ def test_nothing_is_written_before_the_first_save(tmp_path):
     ck = Checkpointer(str(tmp_path / "ckpt"))
     assert ck.latest_step() is None and ck.restore_latest_intact(make_state()).state is None
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_checkpoint_whose_state_differs_only_in_empty_nodes_is_refused_naming_them(tmp_path):
+    """A state whose arrays all match but whose empty nodes differ (e.g. a field renamed between gen_jax
+    versions, like TrainState's batch_stats -> model_state) is incompatible, not corrupt: refused, with the
+    nodes named on each side, and nothing is moved aside."""
+    ck = Checkpointer(str(tmp_path / "ckpt"))
+    ck.save(1, {"params": {"w": jnp.arange(3.0)}, "old_stats": {}})
+    with pytest.raises(CheckpointError, match="another state structure .*saved, not in this run: old_stats; "
+                                              "in this run, not saved: new_stats") as err:
+        ck.restore_latest_intact({"params": {"w": jnp.zeros(3)}, "new_stats": {}})
+    assert not isinstance(err.value, CorruptCheckpointError)
+    assert ck.all_steps() == [1]

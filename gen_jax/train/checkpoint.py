@@ -23,6 +23,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -182,6 +183,20 @@ def _quiet_stderr():
             sys.unraisablehook = saved_hook
 
 
+_STRUCTURE_MISMATCH = "tree structures do not match"
+
+
+def _structure_difference(message: str) -> str:
+    """The nodes only on disk / only in this run, from orbax's structure-mismatch message (whose
+    ``Source`` is the restore target and ``Target`` the saved tree)."""
+    blocks = re.findall(r"^(\S[^\n]*):\n\s*- Source: ([^\n]*)\n\s*- Target: ([^\n]*)", message, re.M)
+    saved_only = [name for name, src, _ in blocks if src.strip() == "MISSING"]
+    run_only = [name for name, _, tgt in blocks if tgt.strip() == "MISSING"]
+    parts = ([f"saved, not in this run: {', '.join(saved_only)}"] if saved_only else []) + \
+            ([f"in this run, not saved: {', '.join(run_only)}"] if run_only else [])
+    return "; ".join(parts) or message.splitlines()[0][:300]
+
+
 @dataclasses.dataclass
 class Restored:
     """What :meth:`Checkpointer.restore_latest_intact` found.
@@ -289,6 +304,10 @@ class Checkpointer:
                 out = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract)))
             except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many types for damaged data
+                if not problems and _STRUCTURE_MISMATCH in str(e):  # intact files of another state's structure
+                    raise CheckpointError(f"checkpoint {step_dir} holds another state structure than this run "
+                                          f"builds (saved by another gen_jax version or model): "
+                                          f"{_structure_difference(str(e))}") from None
                 raise CorruptCheckpointError(step, step_dir, problems + [
                     f"its arrays are unreadable ({type(e).__name__}: {str(e)[:300]})"]) from None
         if saved_digests is not None:
