@@ -273,6 +273,7 @@ def _read_only_dir(tmp_path):
         return str(ro / "run")
     if os.path.isdir("/sys") and _cannot_mkdir("/sys"):
         return f"/sys/gen_jax_test_{os.getpid()}"
+    # the refusal itself is checked everywhere by test_a_workdir_without_write_access_is_refused_in_process
     pytest.skip("no read-only folder available to root here")
 
 
@@ -314,6 +315,22 @@ def test_bad_command_line_is_one_error_line_exit_2_and_writes_nothing(case, tmp_
     line = _one_error_line(_cli(*args))
     assert re.search(match, line), line
     assert _snapshot(str(tmp_path)) == before and not os.path.exists(workdir)
+
+
+def test_a_workdir_without_write_access_is_refused_in_process(tmp_path, monkeypatch):
+    """The writability check, on any machine and user: a folder whose access check denies writing is refused
+    with its name, and nothing is created under it."""
+    from experiments import run
+
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(run.os, "access", lambda path, mode: False if os.path.abspath(path) == str(parent)
+                        else real_access(path, mode))
+    with pytest.raises(run.WorkdirError, match=f"workdir .*run is not writable \\({re.escape(str(parent))} is "
+                                                f"read-only"):
+        run.check_workdir(str(parent / "sub" / "run"))
+    assert os.listdir(parent) == []
 
 
 def test_refused_resume_changes_nothing(tmp_path, uninterrupted_run):
