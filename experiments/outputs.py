@@ -14,12 +14,22 @@ from gen_jax.train import read_metrics
 
 
 def save_samples(ctx: Context, key: jax.Array, n: int, path: str, density: bool = False) -> np.ndarray:
-    """Samples of seed 0 as a grid (images) or next to the data (toy; with the model's density of seed 0
-    where it has one and ``density``); returns all seeds' samples ``[K, n, ...]``."""
+    """Samples of seed 0 as a grid (images) or next to the data (toy: with the model's density of seed 0
+    where it has one and ``density``; points: their first two coordinates); returns all seeds' samples
+    ``[K, n, ...]``."""
     samples = ctx.sample(key, n)
     shown = samples[0]
     if ctx.data.kind == "image":
         viz.save_image_grid(shown[:64], path)
+        return samples
+    if ctx.data.kind == "points":
+        real = ctx.data.train.read(np.arange(min(len(shown), ctx.data.num_train)))["x"]
+        real, shown = (np.pad(a, ((0, 0), (0, max(0, 2 - a.shape[1])))) for a in (real, shown))  # 1-D: y = 0
+        lo, hi = np.percentile(real[:, :2], [0.5, 99.5])
+        pad = 0.1 * (hi - lo)
+        dims = "" if ctx.data.shape[0] == 2 else " (coordinates 0 and 1)"
+        viz.save_panel([{"title": f"data{dims}", "samples": real[:, :2]},
+                        {"title": "samples", "samples": shown[:, :2]}], path, (float(lo - pad), float(hi + pad)))
         return samples
     toy = ctx.data.toy
     log_density = None

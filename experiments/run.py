@@ -26,8 +26,11 @@ from experiments import figures as figures_lib
 from experiments import outputs
 from experiments.seeds import Seeds
 from experiments.tasks.base import Context, DataSpec, Experiment
+from experiments.configs.common import resolve_eval
 from gen_jax.data import images as image_data
+from gen_jax.data import sources
 from gen_jax.data import toy as toy_data
+from gen_jax.data.pipeline import Batches
 from gen_jax.train import (CheckpointError, Checkpointer, DivergedError, Interrupted, fit, interrupt_on_signals,
                            json_dumps, keep_state_sharding, local_replica, make_mesh, replicate,
                            shard_batch, shard_state, with_progress)
@@ -65,12 +68,18 @@ def validate_config(config: config_dict.ConfigDict) -> None:
     _require(config, "family", lambda v: v in FAMILIES, f"one of {sorted(FAMILIES)}")
     _require(config, "seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     _require(config, "num_seeds", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-    names = sorted(toy_data.TOY_DATASETS) + list(image_data.IMAGE_DATASETS)
-    _require(config, "data.name", lambda v: v in names, f"one of {names}")
+    _require(config, "data.name", lambda v: isinstance(v, str) and v,
+             f"a toy dataset ({', '.join(sorted(toy_data.TOY_DATASETS))}), a tfds dataset, or the path of a "
+             f".npy/.npz file or an image folder")
     for k in ("data.batch_size", "data.eval_batch_size", "train.num_steps", "train.log_every",
               "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite"):
         _require(config, k, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-    for k in ("train.eval_every", "train.sample_every", "optim.warmup_steps"):
+    _require(config, "data.holdout", lambda v: 0 < v < 1, "a fraction in (0, 1)")
+    _require(config, "data.image_size", lambda v: v is None or (isinstance(v, int) and v >= 1),
+             "None or an integer >= 1")
+    _require(config, "data.random_flip", lambda v: isinstance(v, bool), "True or False")
+    for k in ("train.eval_every", "train.sample_every", "optim.warmup_steps", "data.num_threads", "data.prefetch",
+              "data.num_workers"):
         _require(config, k, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     _require(config, "data.num_eval", lambda v: isinstance(v, int) and (v >= 1 or v == -1),
              "an integer >= 1, or -1 for the whole test split")
@@ -100,16 +109,19 @@ def make_data(config) -> tuple[DataSpec, Any, Any, int]:
             return (held_out.batch_at(i) for i in range(num_eval))
 
         return DataSpec(kind="toy", shape=(2,), name=d.name, toy=dist), train, eval_batches, num_eval
-    x_train, y_train = image_data.load_tfds(d.name, "train", d.data_dir)
-    x_test, y_test = image_data.load_tfds(d.name, "test", d.data_dir)
-    if d.num_eval > 0:
-        x_test, y_test = x_test[:d.num_eval], y_test[:d.num_eval]
-    train = image_data.ImageBatches(x_train, y_train, d.batch_size, seed=config.seed,
-                                    process_index=jax.process_index(), num_processes=jax.process_count())
-    test = image_data.ImageBatches(x_test, y_test, min(d.eval_batch_size, len(x_test)), shuffle=False)
-    spec = DataSpec(kind="image", shape=tuple(x_train.shape[1:]), name=d.name,
-                    num_classes=int(y_train.max()) + 1, num_train=len(x_train), data_dir=d.data_dir)
-    return spec, train, test.epoch, test.steps_per_epoch
+    splits = sources.open_source(d.name, data_dir=d.data_dir, train_split=d.train_split, test_split=d.test_split,
+                                 image_size=d.image_size, holdout=d.holdout)
+    test = splits.test
+    if 0 < d.num_eval < len(test):
+        test = sources.Subset(test, np.arange(d.num_eval), f"first {d.num_eval}")
+    stream = dict(num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
+    train = Batches(splits.train, d.batch_size, seed=config.seed, random_flip=d.random_flip,
+                    process_index=jax.process_index(), num_processes=jax.process_count(), **stream)
+    held_out = Batches(test, min(d.eval_batch_size, len(test)), shuffle=False, **stream)
+    spec = DataSpec(kind=splits.train.kind, shape=splits.train.shape, name=d.name,
+                    num_classes=splits.train.num_classes, num_train=len(splits.train), data_dir=d.data_dir,
+                    train=splits.train, fingerprint={"train": splits.train.fingerprint(), "test": test.fingerprint()})
+    return spec, train, held_out.epoch, held_out.steps_per_epoch
 
 
 def build_experiment(config, data: DataSpec) -> Experiment:
@@ -215,6 +227,9 @@ def prepare(config: config_dict.ConfigDict, workdir: str, *, restart: bool = Fal
         data, train_batches, eval_batches, num_eval_batches = make_data(config)
     except image_data.DatasetNotFoundError as e:
         raise image_data.DatasetNotFoundError(f"{e} (data_dir: --config.data.data_dir=DIR)") from None
+    except sources.DataError as e:
+        raise sources.DataError(f"{e} (--config.data.name={config.data.name})") from None
+    resolve_eval(config, data.kind, data.num_classes)
     seeds = build_seeds(config, data)
     ctx = seeds.context(data, config.eval, eval_batches, num_eval_batches)
     evaluators = evaluators_lib.build(tuple(config.eval.evaluators), config.eval, ctx)
@@ -223,7 +238,7 @@ def prepare(config: config_dict.ConfigDict, workdir: str, *, restart: bool = Fal
     state = seeds.init(init_key)
     checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                 max_to_keep=config.train.keep_checkpoints,
-                                run_info={"family": config.family, "data": config.data.name})
+                                run_info=_run_info(config, data))
     resumed_from, corrupt = None, []
     if not restart:
         try:
@@ -235,6 +250,14 @@ def prepare(config: config_dict.ConfigDict, workdir: str, *, restart: bool = Fal
         corrupt = found.corrupt
     return Prepared(config, workdir, restart, mesh, data, train_batches, seeds, ctx, evaluators, figures, state,
                     checkpointer, resumed_from, corrupt)
+
+
+def _run_info(config, data: DataSpec) -> dict:
+    """What a checkpoint records of its run and a resumed run must match: the family and the data (by
+    content: the training split's hash, where the data are read rather than drawn)."""
+    if data.fingerprint:  # by content: the same data under another path is the same data
+        return {"family": config.family, "data_sha256": data.fingerprint["train"]["sha256"]}
+    return {"family": config.family, "data": config.data.name}
 
 
 def _commit(p: Prepared, main: bool) -> None:
@@ -374,6 +397,8 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *, restart:
     summary = {"family": config.family, "data": config.data.name, "steps": int(np.max(jax.device_get(state.step))),
                "train_time_s": round(train_time, 2), "resumed_from": p.resumed_from, "interrupted": interrupted,
                "params_checksum": _checksum(state)}
+    if p.data.fingerprint:
+        summary["data_fingerprint"] = p.data.fingerprint
     if p.corrupt:
         summary["corrupt_checkpoints_skipped"] = [e.step for e in p.corrupt]
     if interrupted:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gen_jax.data import images, preprocess, toy
+from gen_jax.data import ArraySource, Batches, DataError, DatasetNotFoundError, load_tfds, preprocess, toy
 
 
 def _grid(dist, res):
@@ -68,8 +68,8 @@ def test_toy_batches_deterministic_and_resumable():
 @pytest.fixture(scope="module")
 def mock_mnist():
     with tfds.testing.mock_data(num_examples=40):
-        xtr, ytr = images.load_tfds("mnist", "train")
-        xte, yte = images.load_tfds("mnist", "test")
+        xtr, ytr = load_tfds("mnist", "train")
+        xte, yte = load_tfds("mnist", "test")
     return xtr, ytr, xte, yte
 
 
@@ -81,21 +81,21 @@ def test_tfds_loading_under_mock_data(mock_mnist):
 
 def test_image_order_deterministic_resumable_and_sharded(mock_mnist):
     xtr, ytr, _, _ = mock_mnist
-    b = images.ImageBatches(xtr, ytr, batch_size=8, seed=1)
+    b = Batches(ArraySource(xtr, ytr), batch_size=8, seed=1)
     assert b.steps_per_epoch == 5
     seq = [next(it) for it in [b(0)] for _ in range(12)]
     # Epoch 0 visits every example once (drop remainder: 40 = 5 * 8).
     seen = np.concatenate([s["x"].reshape(8, -1) for s in seq[:5]])
     assert len({r.tobytes() for r in seen}) == len({r.tobytes() for r in xtr.reshape(40, -1)})
     # O(1) resume: a fresh object started at step 7 gives the same batches.
-    again = images.ImageBatches(xtr, ytr, batch_size=8, seed=1)(7)
+    again = Batches(ArraySource(xtr, ytr), batch_size=8, seed=1)(7)
     for s in seq[7:]:
         np.testing.assert_array_equal(next(again)["x"], s["x"])
     # Another seed, another order; another epoch, another order.
-    other = images.ImageBatches(xtr, ytr, batch_size=8, seed=2).batch_at(0)
+    other = Batches(ArraySource(xtr, ytr), batch_size=8, seed=2).batch_at(0)
     assert not np.array_equal(other["label"], seq[0]["label"]) or not np.array_equal(other["x"], seq[0]["x"])
     # Two processes read disjoint halves that concatenate to the global batch.
-    parts = [images.ImageBatches(xtr, ytr, 8, seed=1, process_index=p, num_processes=2).batch_at(9)
+    parts = [Batches(ArraySource(xtr, ytr), 8, seed=1, process_index=p, num_processes=2).batch_at(9)
              for p in range(2)]
     np.testing.assert_array_equal(np.concatenate([p["x"] for p in parts]), seq[9]["x"])
 
@@ -111,28 +111,28 @@ def test_toy_batches_make_no_implicit_transfer():
 def test_image_batches_reject_bad_sizes(mock_mnist):
     xtr, ytr, _, _ = mock_mnist
     with pytest.raises(ValueError, match="batch_size must be in \\[1, 40\\]"):
-        images.ImageBatches(xtr, ytr, batch_size=41)
+        Batches(ArraySource(xtr, ytr), batch_size=41)
     with pytest.raises(ValueError, match="not divisible by the number of processes 3"):
-        images.ImageBatches(xtr, ytr, batch_size=8, num_processes=3)
+        Batches(ArraySource(xtr, ytr), batch_size=8, num_processes=3)
 
 
-def test_image_batches_reject_wrong_dtype_shape_and_labels(mock_mnist):
+def test_array_sources_reject_wrong_dtype_shape_and_labels(mock_mnist):
     xtr, ytr, _, _ = mock_mnist
-    with pytest.raises(ValueError, match=r"expected uint8 images .* 0\.\.255, got float32 .*floats in \[0, 1\]"):
-        images.ImageBatches(xtr.astype(np.float32) / 255.0, ytr, batch_size=8)  # wrong dtype and range
-    with pytest.raises(ValueError, match=r"got uint8 \(40, 28, 28\)"):
-        images.ImageBatches(xtr[..., 0], ytr, batch_size=8)  # missing channel axis
+    with pytest.raises(DataError, match=r"expected uint8 images .*got float32 \(40, 28, 28, 1\) \(floats in \[0, 1\]"):
+        ArraySource(xtr.astype(np.float32) / 255.0, ytr)  # wrong dtype and range
+    with pytest.raises(DataError, match=r"got uint8 \(40, 28, 28\)"):
+        ArraySource(xtr[..., 0], ytr)  # missing channel axis
     with pytest.raises(ValueError, match="channels first"):
-        images.ImageBatches(np.moveaxis(xtr, -1, 1), ytr, batch_size=8)
+        ArraySource(np.moveaxis(xtr, -1, 1), ytr)
     with pytest.raises(ValueError, match=r"labels of shape \(40,\), got int32 \(39,\)"):
-        images.ImageBatches(xtr, ytr[:39], batch_size=8)
+        ArraySource(xtr, ytr[:39])
     with pytest.raises(ValueError, match="labels must be >= 0"):
-        images.ImageBatches(xtr, ytr - 100, batch_size=8)
+        ArraySource(xtr, ytr - 100)
 
 
 def test_missing_dataset_says_what_to_do(tmp_path):
-    with pytest.raises(images.DatasetNotFoundError, match="not prepared in .*data_dir"):
-        images.load_tfds("mnist", "train", data_dir=str(tmp_path))
+    with pytest.raises(DatasetNotFoundError, match="not prepared in .*data_dir"):
+        load_tfds("mnist", "train", data_dir=str(tmp_path))
 
 
 def test_preprocessing(key):

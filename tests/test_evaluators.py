@@ -158,7 +158,7 @@ def test_unknown_evaluator_or_figure_names_are_refused():
 def test_build_rejects_bad_config():
     config = vae_toy.get_config("smoke")
     config.objective.likelihood = "bernoulli"
-    with pytest.raises(ValueError, match="does not fit real-valued toy data"):
+    with pytest.raises(ValueError, match="does not fit real-valued vector data"):
         build_seeds(config, RING)
     config = vae_toy.get_config("smoke")
     config.model.arch = "conv"

@@ -409,7 +409,7 @@ def test_the_evaluation_at_the_last_step_is_the_final_one_and_a_non_finite_one_f
 
 
 def test_missing_dataset_message_has_no_false_tfds_note(tmp_path):
-    from gen_jax.data.images import DatasetNotFoundError, load_tfds
+    from gen_jax.data import DatasetNotFoundError, load_tfds
 
     with pytest.raises(DatasetNotFoundError) as err:
         load_tfds("mnist", "train", str(tmp_path))

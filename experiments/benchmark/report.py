@@ -246,7 +246,7 @@ def _loop_check(by: Records) -> list[str]:
     return ["## Loop check (traces / compilations / implicit transfers in `fit`)", "",
             "`runs ahead`: the loop asked for the next batch less than half a step after dispatching a "
             "step (no per-step host sync; judged for steps >= 5 ms). `data source`: implicit transfers made "
-            "by the run's own batch source (ToyBatches / ImageBatches), outside the loop proper.", "",
+            "by the run's own batch source (ToyBatches / Batches), outside the loop proper.", "",
             *_table(["config", "steps", "traces", "compiles", "transfer guard",
                      "runs ahead (min dispatch gap / step ms)", "data source transfers"],
                     [[r["config"], str(r["steps"]), str(r["traces"]), str(r["compiles"]),

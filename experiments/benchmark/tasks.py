@@ -130,15 +130,15 @@ def example_batch(data: DataSpec, batch_size: int, seed: int = 0) -> dict[str, n
 
 
 def batch_source(data: DataSpec, batch_size: int):
-    """The batch source a run of this data uses (``ToyBatches`` / ``ImageBatches`` over synthetic
-    images), with its ``batch_at(step)``."""
-    from gen_jax.data import images as image_data
+    """The batch source a run of this data uses (``ToyBatches`` / ``Batches`` over synthetic images),
+    with its ``batch_at(step)``."""
+    from gen_jax.data import ArraySource, Batches
     from gen_jax.data import toy as toy_data
 
     if data.kind == "toy":
         return toy_data.ToyBatches(data.toy, batch_size)
     host = example_batch(data, 2 * batch_size)
-    return image_data.ImageBatches(host["x"], host["label"], batch_size, seed=0)
+    return Batches(ArraySource(host["x"], host["label"]), batch_size, seed=0)
 
 
 def run_loop(task: Task, state, batches: Callable[[int], Iterator[Any]], *, num_steps: int, log_every: int,

@@ -5,21 +5,22 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from gen_jax.data.images import IMAGE_DATASETS
-
-# (family, 'toy' | 'image') -> the evaluators and figures a run uses by default (experiments/evaluators,
-# experiments/figures); override with --config.eval.evaluators / --config.eval.figures.
+# (family, data kind) -> the evaluators and figures a run uses when config.eval.evaluators / figures are
+# None (the default: resolved by the runner once it knows the data; experiments/evaluators,
+# experiments/figures). 'frechet' on images needs labels (its feature classifier): dropped without them.
 EVALUATORS = {
-    ("flow", "toy"): ("nll", "modes"), ("flow", "image"): ("nll",),
-    ("diffusion", "toy"): ("bound", "modes"), ("diffusion", "image"): ("bound",),
-    ("vae", "toy"): ("importance_nll", "modes"), ("vae", "image"): ("importance_nll",),
-    ("gan", "toy"): ("modes", "frechet"), ("gan", "image"): ("frechet",),
+    ("flow", "toy"): ("nll", "modes"), ("flow", "points"): ("nll",), ("flow", "image"): ("nll",),
+    ("diffusion", "toy"): ("bound", "modes"), ("diffusion", "points"): ("bound",), ("diffusion", "image"): ("bound",),
+    ("vae", "toy"): ("importance_nll", "modes"), ("vae", "points"): ("importance_nll",),
+    ("vae", "image"): ("importance_nll",),
+    ("gan", "toy"): ("modes", "frechet"), ("gan", "points"): ("frechet",), ("gan", "image"): ("frechet",),
 }
 FIGURES = {
-    ("flow", "toy"): ("latents",), ("flow", "image"): ("temperature_grid",),
-    ("diffusion", "toy"): ("ddpm_vs_ddim",), ("diffusion", "image"): ("ddpm_vs_ddim",),
-    ("vae", "toy"): ("vae_latent",), ("vae", "image"): ("reconstructions",),
-    ("gan", "toy"): ("gan_seeds", "gan_discriminator"), ("gan", "image"): ("gan_interpolation", "gan_seeds"),
+    ("flow", "toy"): ("latents",), ("flow", "points"): (), ("flow", "image"): ("temperature_grid",),
+    ("diffusion", "toy"): ("ddpm_vs_ddim",), ("diffusion", "points"): (), ("diffusion", "image"): ("ddpm_vs_ddim",),
+    ("vae", "toy"): ("vae_latent",), ("vae", "points"): (), ("vae", "image"): ("reconstructions",),
+    ("gan", "toy"): ("gan_seeds", "gan_discriminator"), ("gan", "points"): (),
+    ("gan", "image"): ("gan_interpolation", "gan_seeds"),
 }
 
 
@@ -38,11 +39,18 @@ def base_config(
     c.seed = seed
     c.num_seeds = 1  # >1: train that many seeds at once with vmap (families that support it)
     c.data = config_dict.ConfigDict(dict(
+        # a toy name, any prepared tfds image dataset, or the path of a .npy/.npz file or an image folder
         name=data,
-        data_dir=config_dict.placeholder(str),  # tfds data_dir for image datasets
+        data_dir=config_dict.placeholder(str),  # tfds data_dir
         batch_size=batch_size,
         eval_batch_size=500,
-        num_eval=10_000,  # toy: held-out samples; images: test examples used (-1: all)
+        num_eval=10_000,  # toy: held-out samples; read data: test examples used (-1: all)
+        train_split="train", test_split="test",  # tfds split names (any tfds split spec: 'train[:90%]')
+        holdout=0.1,  # files and folders without a test split: this fraction is held out (fixed order)
+        image_size=config_dict.placeholder(int),  # resize images (center square crop) to this size
+        random_flip=False,  # training augmentation: horizontal flips with probability 1/2
+        num_threads=2, prefetch=4,  # threads that read ahead and the batches they buffer (0: none)
+        num_workers=0,  # > 0: worker processes read ahead instead (decoding that holds the GIL)
     ))
     c.optim = config_dict.ConfigDict(dict(
         optimizer="adam", learning_rate=learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -57,14 +65,24 @@ def base_config(
         max_nonfinite=100, max_skipped_fraction=0.05, max_loss_growth=1e4,
         shard_params=False,  # True: shard large parameters and optimizer state over the devices (FSDP)
     ))
-    kind = "image" if data in IMAGE_DATASETS else "toy"
     c.eval = config_dict.ConfigDict(dict(
         num_samples=2500,  # samples per seed the sample-based evaluators score (toy data)
-        evaluators=EVALUATORS[family, kind], figures=FIGURES[family, kind],
+        # None: the family's defaults for the data (EVALUATORS / FIGURES above); a tuple of names otherwise
+        evaluators=config_dict.placeholder(tuple), figures=config_dict.placeholder(tuple),
     ))
     c.model = config_dict.ConfigDict()
     c.objective = config_dict.ConfigDict()
     return c
+
+
+def resolve_eval(config: config_dict.ConfigDict, kind: str, num_classes: int) -> None:
+    """Sets ``config.eval.evaluators`` / ``figures`` that are None to the defaults for the data's kind."""
+    if config.eval.evaluators is None:
+        names = EVALUATORS[config.family, kind]
+        config.eval.evaluators = tuple(n for n in names if not (n == "frechet" and kind == "image" and
+                                                                num_classes < 2))
+    if config.eval.figures is None:
+        config.eval.figures = FIGURES[config.family, kind]
 
 
 def shrink_for_smoke(c: config_dict.ConfigDict, *, num_steps: int = 20) -> config_dict.ConfigDict:

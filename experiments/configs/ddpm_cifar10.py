@@ -32,7 +32,7 @@ def get_config(arg=None):
     c.model.norm_groups = 32
     c.model.class_conditional = False
     diffusion_objective(c)
-    c.objective.random_flip = True
+    c.data.random_flip = True  # Ho et al.: random horizontal flips of the training images
     c.eval.sampler = "ddpm"
     c.eval.ddpm_variance = "large"
     c.eval.ddim_steps = 100

@@ -23,7 +23,6 @@ def diffusion_objective(c, *, num_timesteps: int = 1000) -> None:
     c.objective.min_snr_gamma = 5.0
     c.objective.variance = "large"  # sigma_t^2 of the 'vlb' weights
     c.objective.cond_drop_prob = 0.1  # class-conditional models only
-    c.objective.random_flip = False  # images: random horizontal flips inside the loss
 
 
 def get_config(arg=None):

@@ -21,7 +21,7 @@ class ModeCoverage:
 
     def __init__(self, options, ctx: Context):
         if ctx.data.kind != "toy":
-            raise ValueError(f"the modes evaluator scores toy mixtures; data {ctx.data.name!r} are images")
+            raise ValueError(f"the modes evaluator scores toy mixtures; data {ctx.data.name!r} are {ctx.data.kind}")
         self.dist = ctx.data.toy
         self.scored = getattr(self.dist, "std", None) is not None and getattr(self.dist, "means", None) is not None
         self.num_samples = int(options.num_samples) if self.scored else 0
@@ -33,7 +33,7 @@ class ModeCoverage:
 
 
 class FrechetDistance:
-    """The Frechet distance between samples and the held-out data. Toy: ``frechet_2d`` in the plane
+    """The Frechet distance between samples and the held-out data. Toy and points: ``frechet_<D>d`` in the data space
     (``eval.num_samples`` samples). Images: ``frechet_distance`` in the feature space of a small classifier
     trained on the training split (:mod:`gen_jax.metrics.classifier`; ``eval.classifier_steps``,
     ``classifier_batch_size``, ``classifier_seed``; ``classifier_path`` caches it across runs and is
@@ -45,6 +45,9 @@ class FrechetDistance:
     def __init__(self, options, ctx: Context):
         self.ctx, self.options = ctx, options
         self.is_image = ctx.data.kind == "image"
+        if self.is_image and ctx.data.num_classes < 2:
+            raise ValueError(f"the frechet evaluator on images trains a classifier for its features and needs "
+                             f"labelled images; {ctx.data.name!r} has no labels")
         self.num_samples = int(options.fd_num_samples if self.is_image else options.num_samples)
         self._params, self._test = None, None
         path = options.get("classifier_path", None) if self.is_image else None
@@ -63,7 +66,7 @@ class FrechetDistance:
         if not self.is_image:
             held_out, _ = self._held_out()
             fd = frechet_distance_from_features(samples, held_out) if np.all(np.isfinite(samples)) else float("inf")
-            return {"frechet_2d": fd}
+            return {f"frechet_{self.ctx.data.shape[0]}d": fd}
         cls_params = self._classifier()
         if self._test is None:
             x_test, y_test = self._held_out()
@@ -85,10 +88,9 @@ class FrechetDistance:
 
     def _classifier(self):
         if self._params is None:
-            from gen_jax.data import images as image_data
-
             ev, data = self.options, self.ctx.data
-            x_train, y_train = image_data.load_tfds(data.name, "train", data.data_dir)
+            train = data.train.read_all()
+            x_train, y_train = train["x"], train["label"]
             self._params = clf.train_classifier(x_train, y_train, key=jax.random.key(int(ev.get("classifier_seed", 0))),
                                                 num_classes=data.num_classes, num_steps=int(ev.classifier_steps),
                                                 batch_size=int(ev.classifier_batch_size))

@@ -14,15 +14,24 @@ from experiments.tasks.base import Context
 from gen_jax import vae, viz
 
 
+def _first_test_images(ctx: Context, n: int) -> np.ndarray:
+    """The first ``n`` test images, or an even number of them when the test batches hold fewer."""
+    taken = []
+    for b in ctx.batches():
+        taken.append(np.asarray(b["x"][:n - sum(map(len, taken))]))
+        if sum(map(len, taken)) == n:
+            break
+    x = np.concatenate(taken)
+    return x[:len(x) // 2 * 2]
+
+
 def reconstructions(ctx: Context, key: jax.Array, outdir: str) -> list[str]:
     """Reconstructions (top row: the binarised first test images), interpolations between posterior means,
     and traversals of the 10 latent dimensions with the largest KL (most used), from the posterior mean of
-    the first test image; seed 0."""
-    from gen_jax.data import images as image_data
-
+    the first test image; seed 0. Sixteen test images (fewer where the test batches hold fewer)."""
     model, params, shape = ctx.model, ctx.params[0], ctx.data.shape
     net, lik = model.vae, model.likelihood
-    x_raw = image_data.load_tfds(ctx.data.name, "test", ctx.data.data_dir)[0][:16]
+    x_raw = _first_test_images(ctx, 16)
     binarize_key = jax.random.key(int(ctx.options.get("binarize_seed", 0)))
 
     @jax.jit
@@ -34,7 +43,8 @@ def reconstructions(ctx: Context, key: jax.Array, outdir: str) -> list[str]:
     @functools.partial(jax.jit, static_argnums=3)
     def views(params, x, z0, dims):
         rec = vae.reconstruct(net, params, x, likelihood=lik)
-        path = vae.interpolate(net, params, x[:8], x[8:16], 10, likelihood=lik)  # [8, 10, ...]
+        half = len(x) // 2
+        path = vae.interpolate(net, params, x[:half], x[half:], 10, likelihood=lik)  # [8, 10, ...]
         grid = vae.latent_traversal(net, params, dims=dims, z0=z0, likelihood=lik)  # [R, 9, ...]
         unit = lambda a: model.to_unit(a).reshape(-1, *shape)  # noqa: E731
         return unit(jnp.concatenate([x, rec])), unit(path), unit(grid)
@@ -42,7 +52,7 @@ def reconstructions(ctx: Context, key: jax.Array, outdir: str) -> list[str]:
     x, mean, kl_per_dim = posterior(params, jnp.asarray(x_raw))
     dims = tuple(int(d) for d in np.argsort(-np.asarray(kl_per_dim))[:10])
     pairs, path, grid = jax.device_get(views(params, x, mean[0], dims))
-    return [viz.save_image_grid(pairs, os.path.join(outdir, "reconstructions.png"), nrow=16),
+    return [viz.save_image_grid(pairs, os.path.join(outdir, "reconstructions.png"), nrow=len(x)),
             viz.save_image_grid(path, os.path.join(outdir, "interpolation.png"), nrow=10),
             viz.save_image_grid(grid, os.path.join(outdir, "traversal.png"), nrow=9)]
 

@@ -26,14 +26,17 @@ class DataSpec:
     """What the data looks like, for building models.
 
     Attributes:
-      kind: ``'toy'`` (float [B, 2] in ``batch['x']``) or ``'image'`` (uint8 [B, H, W, C] and int32
-        labels).
+      kind: ``'toy'`` (float [B, 2] in ``batch['x']``, drawn from a known distribution), ``'points'``
+        (float [B, D] read from a file) or ``'image'`` (uint8 [B, H, W, C] and int32 labels).
       shape: shape of one example.
-      name: dataset name.
-      num_classes: number of labels (images), else 0.
+      name: dataset name (a toy or tfds name, or the path of the user's file or folder).
+      num_classes: number of labels, else 0.
       toy: the toy distribution (toy data only).
-      num_train: number of training examples (images), else None.
-      data_dir: where the tfds data lie (images), for evaluators that read the training split.
+      num_train: number of training examples (read data), else None.
+      data_dir: where the tfds data lie.
+      train: the training split's source (:class:`gen_jax.data.Source`; read data), for builders and
+        evaluators that read it (data-dependent initialisation, the Frechet classifier).
+      fingerprint: what the run reads: ``{'train': ..., 'test': ...}`` of ``Source.fingerprint()``.
     """
 
     kind: str
@@ -43,6 +46,13 @@ class DataSpec:
     toy: ToyDistribution | None = None
     num_train: int | None = None
     data_dir: str | None = None
+    train: Any = dataclasses.field(default=None, compare=False, repr=False)
+    fingerprint: dict | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def is_vector(self) -> bool:
+        """Examples are vectors [D] (toy or points data), modelled by MLPs."""
+        return self.kind in ("toy", "points")
 
 
 @dataclasses.dataclass(frozen=True)

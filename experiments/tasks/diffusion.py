@@ -9,7 +9,7 @@ Config fields read here (the rest is the common schema of experiments/configs/co
   ``num_timesteps`` (T), ``beta_start``/``beta_end`` (linear), ``cosine_s`` (cosine); the loss
   ``parameterization`` ('eps' | 'x0' | 'v'), ``weighting`` ('simple' | 'vlb' | 'min_snr'),
   ``min_snr_gamma``, ``variance`` (reverse variance of the 'vlb' weights: 'large' | 'small'),
-  ``cond_drop_prob`` (label dropout for guidance), ``random_flip`` (images: horizontal flips).
+  ``cond_drop_prob`` (label dropout for guidance).
 * ``eval`` (the samples the run shows and scores): ``sampler`` ('ddpm' | 'ddim'), ``ddpm_variance``
   ('small' | 'large'), ``ddim_steps``, ``ddim_eta``, ``ddim_spacing`` ('uniform' | 'quadratic'),
   ``clip_x0`` (clip the predicted x_0 to [-1, 1]; images), ``guidance_scale`` (class-conditional models;
@@ -43,8 +43,8 @@ def build_denoiser(config, data: DataSpec):
     m = config.model
     num_classes = None
     if m.get("class_conditional", False):
-        if data.kind != "image" or not data.num_classes:
-            raise ValueError(f"config.model.class_conditional=True needs labelled image data, got {data.name!r}.")
+        if not data.num_classes:
+            raise ValueError(f"config.model.class_conditional=True needs labelled data, got {data.name!r}.")
         num_classes = data.num_classes
     if m.arch == "mlp":
         if len(data.shape) != 1:
@@ -68,7 +68,7 @@ def build(config, data: DataSpec) -> Experiment:
     model = diffusion.DiffusionModel(
         build_denoiser(config, data), build_schedule(obj), data.shape, parameterization=obj.parameterization,
         weighting=obj.weighting, min_snr_gamma=obj.min_snr_gamma, variance=obj.variance,
-        cond_drop_prob=obj.cond_drop_prob, random_flip=bool(obj.get("random_flip", False)) and data.kind == "image")
+        cond_drop_prob=obj.cond_drop_prob)
 
     def init_state(key: jax.Array) -> TrainState:
         init_key, state_key = jax.random.split(key)

@@ -25,11 +25,11 @@ from gen_jax import flows
 from gen_jax.data.preprocess import uniform_dequantize
 from gen_jax.train import TrainState, make_optimizer
 
-# (data kind, arch) -> (model class, the keyword arguments it takes from config.model)
+# ('vector' | 'image', arch) -> (model class, the keyword arguments it takes from config.model)
 ARCHS: dict[tuple[str, str], tuple[type, tuple[str, ...]]] = {
-    ("toy", "realnvp"): (flows.RealNVP, ("num_layers", "hidden", "max_log_scale", "actnorm")),
-    ("toy", "nsf"): (flows.NSF, ("num_layers", "hidden", "num_bins", "bound", "lu_linear")),
-    ("toy", "maf"): (flows.MAF, ("num_layers", "hidden", "max_log_scale", "actnorm")),
+    ("vector", "realnvp"): (flows.RealNVP, ("num_layers", "hidden", "max_log_scale", "actnorm")),
+    ("vector", "nsf"): (flows.NSF, ("num_layers", "hidden", "num_bins", "bound", "lu_linear")),
+    ("vector", "maf"): (flows.MAF, ("num_layers", "hidden", "max_log_scale", "actnorm")),
     ("image", "realnvp"): (flows.MultiScaleRealNVP, ("num_scales", "hidden", "num_res_blocks", "max_log_scale",
                                                      "actnorm", "preprocess", "alpha")),
     ("image", "glow"): (flows.Glow, ("num_levels", "num_steps", "hidden", "lu", "additive", "learn_split_prior",
@@ -42,16 +42,17 @@ def build_flow(config, data: DataSpec) -> flows.FlowModel:
     """The flow module of ``config.model`` for data shaped like ``data.shape``."""
     m = config.model.to_dict()
     arch = m.get("arch")
-    if (data.kind, arch) not in ARCHS:
-        options = sorted(a for k, a in ARCHS if k == data.kind)
-        raise ValueError(f"config.model.arch={arch!r} for {data.kind} data; expected one of {options}.")
-    cls, allowed = ARCHS[data.kind, arch]
+    layout = "vector" if data.is_vector else "image"
+    if (layout, arch) not in ARCHS:
+        options = sorted(a for k, a in ARCHS if k == layout)
+        raise ValueError(f"config.model.arch={arch!r} for {layout} data; expected one of {options}.")
+    cls, allowed = ARCHS[layout, arch]
     unknown = sorted(set(m) - set(allowed) - set(_TASK_FIELDS))
     if unknown:
         raise ValueError(f"config.model has fields {unknown} that {cls.__name__} does not take; "
                          f"expected some of {list(allowed)}.")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in m.items() if k in allowed}
-    if data.kind == "toy":
+    if data.is_vector:
         return cls(dim=int(np.prod(data.shape)), **kwargs)
     return cls(image_shape=tuple(data.shape), **kwargs)
 
@@ -59,14 +60,12 @@ def build_flow(config, data: DataSpec) -> flows.FlowModel:
 def build(config, data: DataSpec) -> Experiment:
     model = flows.NormalizingFlow(build_flow(config, data), num_bits=int(config.objective.get("num_bits", 8)))
     init_batch = int(config.model.get("init_batch", 512))
-    if data.kind == "image":
-        from gen_jax.data import images as image_data  # tfds is imported only for image runs
-
-        first = jax.numpy.asarray(image_data.load_tfds(data.name, f"train[:{init_batch}]", data.data_dir)[0][:init_batch])
+    if data.kind != "toy":  # the first examples of the training split
+        first = jax.numpy.asarray(data.train.read(np.arange(min(init_batch, data.num_train)))["x"])
 
     def init_state(key: jax.Array) -> TrainState:
         data_key, init_key, state_key = jax.random.split(key, 3)
-        x = (data.toy.sample(data_key, init_batch) if data.kind == "toy"
+        x = (data.toy.sample(data_key, init_batch) if data.kind == "toy" else first if data.kind == "points"
              else uniform_dequantize(data_key, first, model.num_bits))
         params, model_state = model.init(init_key, {"x": x})  # ActNorm: data-dependent init
         return TrainState.create(params=params, tx=make_optimizer(**optim_kwargs(config)), key=state_key,

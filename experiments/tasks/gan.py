@@ -31,8 +31,8 @@ def build_players(config, data: DataSpec):
     pack_size = int(config.objective.get("pack_size", 1))
     num_classes = None
     if m.get("conditional", False):
-        if data.kind != "image" or not data.num_classes:
-            raise ValueError(f"config.model.conditional=True needs labelled image data, got {data.name!r}.")
+        if not data.num_classes:
+            raise ValueError(f"config.model.conditional=True needs labelled data, got {data.name!r}.")
         num_classes = data.num_classes
     if m.arch == "mlp":
         if len(data.shape) != 1:

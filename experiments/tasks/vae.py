@@ -51,10 +51,10 @@ def build(config, data: DataSpec) -> Experiment:
     obj = config.objective
     likelihood = vae.get_likelihood(obj.likelihood)
     binarize = obj.get("binarize", None)
-    if data.kind == "toy":
+    if data.is_vector:
         if isinstance(likelihood, (vae.Bernoulli, vae.DiscretizedLogistic)):
-            raise ValueError(f"config.objective.likelihood={obj.likelihood!r} does not fit real-valued toy "
-                             f"data; use 'gaussian' or 'gaussian_fixed'.")
+            raise ValueError(f"config.objective.likelihood={obj.likelihood!r} does not fit real-valued "
+                             f"vector data; use 'gaussian' or 'gaussian_fixed'.")
         binarize = None
     model = vae.VariationalAutoencoder(build_vae(config, data, likelihood), likelihood=likelihood, kl=obj.kl,
                                        beta=obj.beta, iwae_k=obj.iwae_k, binarize=binarize)
@@ -78,4 +78,4 @@ def build(config, data: DataSpec) -> Experiment:
                                                         chunk_size=min(64, density_k)), (xs, keys)).reshape(-1)[:n]
 
     return Experiment(model=model, init_state=init_state, log_density=log_density,
-                      sample_options={"mean": data.kind != "toy"})
+                      sample_options={"mean": not data.is_vector})

@@ -41,7 +41,6 @@ class DiffusionModel:
       variance: reverse variance of the 'vlb' weights ('small' = beta_tilde, 'large' = beta).
       cond_drop_prob: probability of replacing a label by the null label (index num_classes) while
         training, so that one network learns conditional and unconditional eps (classifier-free guidance).
-      random_flip: flip each image horizontally with probability 1/2 while training (Ho et al.'s CIFAR-10).
 
     Loss metrics: ``loss``, ``mse`` (unweighted, in the network's output space).
     """
@@ -54,7 +53,6 @@ class DiffusionModel:
     min_snr_gamma: float = 5.0
     variance: str = "large"
     cond_drop_prob: float = 0.1
-    random_flip: bool = False
     apply_fn: Callable = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -64,8 +62,6 @@ class DiffusionModel:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {self.weighting!r}")
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must lie in [0, 1]; got {self.cond_drop_prob}")
-        if self.random_flip and len(self.data_shape) != 3:
-            raise ValueError(f"random_flip needs images (H, W, C); got data_shape {self.data_shape}")
         object.__setattr__(self, "data_shape", tuple(self.data_shape))
         # Built once: the samplers take it as a static (hashed) argument.
         object.__setattr__(self, "apply_fn", make_denoise_fn(self.denoiser))
@@ -89,13 +85,12 @@ class DiffusionModel:
 
     def objective(self, params: Any, batch: dict, rng: Array, train: bool = True) -> tuple[Array, dict]:
         """``(loss, metrics)``; ``train=False`` is the deterministic evaluation loss (dropout off, labels
-        never dropped, images never flipped)."""
+        never dropped; data augmentation such as random flips belongs to the data pipeline:
+        :class:`gen_jax.data.Batches`)."""
         x0, _ = to_model_space(batch["x"])
         B = x0.shape[0]
-        k_t, k_eps, k_drop, k_cond, k_flip = jax.random.split(rng, 5)
-        if self.random_flip and train:
-            flip = jax.random.bernoulli(k_flip, 0.5, (B,))[:, None, None, None]
-            x0 = jnp.where(flip, x0[:, :, ::-1, :], x0)
+        # five keys, as when flips were drawn here (the fifth): the same keys, the same runs
+        k_t, k_eps, k_drop, k_cond, _ = jax.random.split(rng, 5)
         t = jax.random.randint(k_t, (B,), 1, self.schedule.num_timesteps + 1)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         xt = q_sample(self.schedule, x0, t, eps)

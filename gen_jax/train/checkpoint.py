@@ -265,8 +265,8 @@ class Checkpointer:
         return dict(out["info"])
 
     def _check_compatible(self, step: int, info: dict, template: Any) -> None:
-        for k, v in self.run_info.items():
-            if info.get(k) != v:
+        for k, v in self.run_info.items():  # keys an older checkpoint lacks are not compared
+            if k in info and info[k] != v:
                 raise CheckpointError(f"checkpoint {self.step_dir(step)} was written with {k}={info.get(k)!r} "
                                       f"but this run has {k}={v!r}")
         want, have = describe(template), info.get("state", {})
