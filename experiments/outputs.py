@@ -10,7 +10,7 @@ import numpy as np
 
 from experiments.tasks.base import Context
 from gen_jax import viz
-from gen_jax.train import read_metrics
+from gen_jax.train import TIMING_KEYS, read_metrics
 
 
 def save_samples(ctx: Context, key: jax.Array, n: int, path: str, density: bool = False) -> np.ndarray:
@@ -28,7 +28,7 @@ def save_samples(ctx: Context, key: jax.Array, n: int, path: str, density: bool 
         lo, hi = np.percentile(real[:, :2], [0.5, 99.5])
         pad = 0.1 * (hi - lo)
         dims = "" if ctx.data.shape[0] == 2 else " (coordinates 0 and 1)"
-        viz.save_panel([{"title": f"data{dims}", "samples": real[:, :2]},
+        viz.save_panel([{"title": f"data ({os.path.basename(ctx.data.name)}){dims}", "samples": real[:, :2]},
                         {"title": "samples", "samples": shown[:, :2]}], path, (float(lo - pad), float(hi + pad)))
         return samples
     toy = ctx.data.toy
@@ -47,7 +47,7 @@ def save_curves(workdir: str, title: str) -> None:
     records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     if records:
         keys = dict.fromkeys(k for r in records for k in r)
-        shown = [k for k in keys if k not in ("step", "steps_per_sec", "skipped")]
+        shown = [k for k in keys if k not in ("step", "skipped", *TIMING_KEYS)]
         viz.save_curves(records, shown[:6], os.path.join(workdir, "curves.png"), title=title)
 
 
@@ -59,8 +59,11 @@ def save_figures(figures: list, ctx: Context, key: jax.Array, workdir: str) -> l
 def write_report(config, summary: dict, workdir: str) -> None:
     """``report.md``: the test metrics and every picture."""
     lines = [f"# {config.family} on {config.data.name}", "",
-             f"steps: {summary['steps']}, train time: {summary['train_time_s']} s", "",
-             "| metric | value |", "| --- | --- |"]
+             f"steps: {summary['steps']}, train time: {summary['train_time_s']} s", ""]
+    for split, fp in summary.get("data_fingerprint", {}).items():
+        lines += [f"{split} data: {fp['name']}, {fp['examples']} examples of shape {fp['shape']}, "
+                  f"sha256 {fp['sha256']}", ""]
+    lines += ["| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.4g} |" for k, v in summary["eval"].items()]  # nan/inf print as such
     if "entropy_nats" in summary:
         lines.append(f"| true entropy (nats) | {summary['entropy_nats']:.4g} |")

@@ -197,6 +197,8 @@ class Prepared:
                  f"parameters: {_num_params(self.state)}" + (f" ({c.num_seeds} seeds)" if c.num_seeds > 1 else ""),
                  f"{c.train.num_steps} steps at batch {c.data.batch_size} on {self.mesh.devices.size} device(s)",
                  f"evaluators: {', '.join(c.eval.evaluators) or '-'}; figures: {', '.join(c.eval.figures) or '-'}"]
+        lines[1:1] = [f"{split} data: {fp['name']}, {fp['examples']} examples, sha256 {fp['sha256'][:16]}..."
+                      for split, fp in (self.data.fingerprint or {}).items()]
         if self.restart:
             lines.append(f"--restart: would delete {self.checkpointer.directory} and start at step 0")
         elif self.resumed_from is not None:

@@ -130,7 +130,9 @@ def test_cli_rejects_bad_input(tmp_path):
 @pytest.mark.parametrize("key, value, match", [
     ("optim.learning_rate", 0.0, "config.optim.learning_rate = 0.0"),
     ("train.num_steps", -5, "config.train.num_steps = -5"),
-    ("data.name", "mnsit", "config.data.name = 'mnsit'"),
+    ("data.name", "", "config.data.name = ''"),  # a misspelt name: tests/test_sources.py (did you mean)
+    ("data.holdout", 1.5, r"config.data.holdout = 1.5 is invalid; expected a fraction in \(0, 1\)"),
+    ("data.image_size", 0, "config.data.image_size = 0 is invalid"),
     ("optim.ema_decay", 1.0, r"config.optim.ema_decay = 1.0 is invalid; expected a number in \[0, 1\)"),
 ])
 def test_validate_config_names_the_bad_value(key, value, match):

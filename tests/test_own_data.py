@@ -35,7 +35,8 @@ def _losses(workdir):
 def test_a_flow_trains_on_points_from_a_npy_and_resumes_only_on_the_same_data(tmp_path):
     np.save(tmp_path / "points.npy", _ring(4000))
     config = _smoke("realnvp_toy", tmp_path / "points.npy", train__num_steps=100, train__log_every=20,
-                    train__checkpoint_every=50, data__num_eval=400, optim__learning_rate=3e-3)
+                    train__checkpoint_every=50, data__num_eval=400, optim__learning_rate=3e-3,
+                    optim__schedule="constant")
     wd = tmp_path / "run"
     result = run.train_and_evaluate(config, str(wd), progress=False)
     summary = json.load(open(wd / "summary.json"))
@@ -45,13 +46,22 @@ def test_a_flow_trains_on_points_from_a_npy_and_resumes_only_on_the_same_data(tm
     losses = _losses(wd)
     assert losses[-1] < losses[0] - 0.25, losses  # it learns the points (3.77 -> 3.35 nats)
     assert np.isfinite(summary["eval"]["nll_nats"]) and (wd / "samples.png").stat().st_size > 1000
+    # Stopped at step 50 and resumed: the same parameters, bit for bit, as the uninterrupted run.
+    half = tmp_path / "half"
+    run.train_and_evaluate(_smoke("realnvp_toy", tmp_path / "points.npy", train__num_steps=50, train__log_every=10,
+                                  data__num_eval=400, optim__learning_rate=3e-3, optim__schedule="constant"),
+                           str(half), progress=False)
+    resumed = run.train_and_evaluate(config, str(half), progress=False)
+    assert resumed.summary["resumed_from"] == 50
+    assert resumed.summary["params_checksum"] == result.summary["params_checksum"]
     # The same content under another path resumes; other content is refused before training.
     (tmp_path / "moved").mkdir()
     np.save(tmp_path / "moved" / "points.npy", _ring(4000))
-    again = _smoke("realnvp_toy", tmp_path / "moved" / "points.npy", train__num_steps=120, data__num_eval=400)
+    again = _smoke("realnvp_toy", tmp_path / "moved" / "points.npy", train__num_steps=120, data__num_eval=400,
+                   optim__schedule="constant")
     assert run.prepare(again, str(wd)).resumed_from == 100 == result.summary["steps"]
     np.save(tmp_path / "other.npy", _ring(4000, seed=1))
-    other = _smoke("realnvp_toy", tmp_path / "other.npy", train__num_steps=120)
+    other = _smoke("realnvp_toy", tmp_path / "other.npy", train__num_steps=120, optim__schedule="constant")
     with pytest.raises(CheckpointError, match="data_sha256=.* but this run has data_sha256="):
         run.prepare(other, str(wd))
 

@@ -17,6 +17,8 @@ import time
 import pytest
 from subprocess_env import subprocess_env
 
+from gen_jax.train import TIMING_KEYS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/configs/realnvp_toy.py"
 ARGS = [f"--config={CONFIG}:smoke", "--config.train.num_steps=600", "--config.train.checkpoint_every=20",
@@ -84,7 +86,7 @@ def _strict_json(path):
 
 def _metrics_without_timing(workdir):
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    return [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, uninterrupted):

@@ -3,6 +3,7 @@ interrupted-then-resumed == uninterrupted, non-finite guard, two-player step."""
 
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 
 from gen_jax.data import toy
-from gen_jax.train import (CheckpointError, Checkpointer, DivergedError, MetricsWriter, NonFiniteError, TrainState,
-                           TwoPlayerState, fit, global_norm, json_dumps, make_optimizer, make_train_step,
+from gen_jax.train import (TIMING_KEYS, CheckpointError, Checkpointer, DivergedError, MetricsWriter, NonFiniteError,
+                           TrainState, TwoPlayerState, fit, global_norm, json_dumps, make_optimizer, make_train_step,
                            make_two_player_step, read_metrics)
 
 
@@ -97,6 +98,20 @@ def test_checkpoint_round_trip(tmp_path):
         np.testing.assert_array_equal(a, c)
 
 
+def test_data_wait_fraction_is_the_share_of_time_spent_waiting_for_batches(tmp_path):
+    step = make_train_step(gaussian_nll, donate=False)
+    source = batches_of(toy.ring8())
+
+    def slow(start):  # a pipeline that takes 30 ms per batch, around a step of well under 1 ms
+        for batch in source(start):
+            time.sleep(0.03)
+            yield batch
+
+    fit(make_state(), step, slow, num_steps=20, workdir=str(tmp_path), log_every=10, progress=False)
+    waits = [r["data_wait_fraction"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))]
+    assert len(waits) == 2 and all(0.5 < w <= 1.0 for w in waits), waits
+
+
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     step = make_train_step(gaussian_nll, donate=False)
     b = batches_of(toy.ring8())
@@ -114,8 +129,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
                      log_every=5, progress=False)
     for a, c in zip(jax.tree.leaves(full.replace(key=0)), jax.tree.leaves(resumed.replace(key=0))):
         np.testing.assert_array_equal(a, c)
-    ma = [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in read_metrics(str(tmp_path / "a" / "metrics.jsonl"))]
-    mb = [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in read_metrics(str(tmp_path / "b" / "metrics.jsonl"))]
+    ma = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(str(tmp_path / "a" / "metrics.jsonl"))]
+    mb = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(str(tmp_path / "b" / "metrics.jsonl"))]
     assert ma == mb and len(ma) == 6
 
 

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/benchmark", help="output directory")
     parser.add_argument("--skip", default="", help=f"comma-separated sections to leave out: {','.join(SECTIONS)}")
     parser.add_argument("--only", default="", help="comma-separated sections to run alone (no per-config table)")
+    parser.add_argument("--data_dir", default=None, help="tfds data_dir: the input section reads the real "
+                                                         "datasets from it (else random images from a file)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_xla_cpu()  # what `experiments.train` runs with; worker subprocesses inherit it
     result = run(SUITES[args.suite], families, args.out, names, argv,
-                 log=lambda m: print(m, file=sys.stderr, flush=True), skip=skip, only=only)
+                 log=lambda m: print(m, file=sys.stderr, flush=True), skip=skip, only=only, data_dir=args.data_dir)
     print(render_markdown(result))
     print(f"wrote {os.path.join(args.out, 'benchmark.json')} and benchmark.md, architectures.md "
           f"({result['env']['wall_s']:.0f} s)", file=sys.stderr)

@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import jax
 
-from experiments.benchmark import tasks
 from experiments.benchmark.kernels import measure_kernels
 from experiments.benchmark.per_config import architecture, describe_config, measure_config
 from experiments.benchmark.report import render_architectures, render_markdown
 from experiments.benchmark.samplers import measure_samplers
+from experiments.benchmark.input import measure_input
 from experiments.benchmark.sections import (measure_batch_scaling, measure_data_parallel, measure_donation,
                                             measure_op_by_op, measure_vmap, measure_xla_flags)
 from experiments.benchmark.suites import SECTIONS, Entry, Suite, cheapest, discover, evaluate_targets
@@ -71,8 +71,7 @@ def guard(records: list[dict], what: str, entry: Entry | None, fn: Callable[[], 
     """Runs one measurement (without a dataset); an expected failure (:data:`MEASUREMENT_ERRORS`)
     becomes an 'error' record instead of ending the run."""
     try:
-        with tasks.without_dataset(entry.config) if entry else contextlib.nullcontext():
-            out = fn()
+        out = fn()
     except MEASUREMENT_ERRORS as e:
         records.append({"kind": "error", "what": what, "family": entry.family if entry else "-",
                         "config": entry.name if entry else "-", "error": f"{type(e).__name__}: {e}",
@@ -84,11 +83,12 @@ def guard(records: list[dict], what: str, entry: Entry | None, fn: Callable[[], 
 
 def run(suite: Suite, families: tuple[str, ...], out_dir: str, names: tuple[str, ...] = (),
         argv: list[str] | None = None, log: Callable[[str], None] = print, skip: tuple[str, ...] = (),
-        only: tuple[str, ...] = ()) -> dict:
+        only: tuple[str, ...] = (), data_dir: str | None = None) -> dict:
     """Runs ``suite`` over ``families`` (or the named configs) and writes the JSON + markdown.
 
     ``skip`` names cross-config sections to leave out (a subset of ``SECTIONS``); ``only`` runs just
-    those sections, without the per-config table.
+    those sections, without the per-config table. ``data_dir``: where the input section finds the
+    real datasets (tfds); without it, it reads random images from a file.
     """
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gen_jax_bench_cache_") as cache_dir:
@@ -115,7 +115,7 @@ def run(suite: Suite, families: tuple[str, ...], out_dir: str, names: tuple[str,
             skip = tuple(x for x in SECTIONS if x not in only)
         layers = {} if only else _per_config(records, measured, described, suite, peak["gflops_per_s"] * 1e9,
                                              stamp)
-        _sections(records, measured, suite, peak["gflops_per_s"] * 1e9, skip, stamp)
+        _sections(records, measured, suite, peak["gflops_per_s"] * 1e9, skip, stamp, data_dir)
         peak_end = matmul_peak(suite.matmul_n)
         records.append({"kind": "matmul_peak", "family": "-", "config": "-", "when": "end", **peak_end})
     env["wall_s"] = time.perf_counter() - t_start
@@ -151,7 +151,7 @@ def _add_architecture(layers: dict[str, dict], entry: Entry) -> list[dict]:
 
 
 def _sections(records: list[dict], measured: list[Entry], suite: Suite, peak_flops: float,
-              skip: tuple[str, ...], stamp: Callable[[str], None]) -> None:
+              skip: tuple[str, ...], stamp: Callable[[str], None], data_dir: str | None = None) -> None:
     """The cross-config sections not in ``skip``, each on the configs it applies to."""
     on_cpu = jax.default_backend() == "cpu"
     toy = [e for e in measured if e.size == "toy"]
@@ -184,6 +184,9 @@ def _sections(records: list[dict], measured: list[Entry], suite: Suite, peak_flo
     if suite.kernel_batch and "kernels" not in skip:
         stamp("conv kernels")
         guard(records, "kernels", None, lambda: measure_kernels(suite, suite.kernel_batch))
+    for e in (e for e in measured if e.size != "toy" and e.family in ("diffusion", "gan") and "input" not in skip):
+        stamp(f"input pipeline: {e.name}")
+        guard(records, "input", e, lambda e=e: measure_input(e, suite, data_dir))
     for e in (e for e in measured if e.family == "diffusion" and "samplers" not in skip):
         stamp(f"samplers: {e.name}")
         guard(records, "samplers", e, lambda e=e: measure_samplers(e, suite))

@@ -58,7 +58,7 @@ def render_markdown(result: dict) -> str:
     env, records = result["env"], result["records"]
     by = lambda kind: [r for r in records if r["kind"] == kind]  # noqa: E731
     lines = _header(env, result, by)
-    for section in (_train_steps, _profile, _op_by_op, _vmap, _batch_scaling, _data_parallel, _donation):
+    for section in (_train_steps, _profile, _op_by_op, _vmap, _batch_scaling, _data_parallel, _donation, _input):
         lines += section(by)
     lines += _xla_flags(by, env)
     for section in (_kernels, _samplers, _loop_check):
@@ -191,6 +191,20 @@ def _data_parallel(by: Records) -> list[str]:
                     [[r["config"], str(r["batch"]), str(r["devices"]), _timed(r),
                       _fmt(r.get("examples_per_s"), ".4g"), _fmt(r.get("speedup_vs_first"), ".2f")]
                      for r in by("data_parallel")]), ""]
+
+
+def _input(by: Records) -> list[str]:
+    if not by("input"):
+        return []
+    return ["## Input pipeline vs the step", "",
+            "The pipeline alone (batches/s), and the training loop's steps/s fed by it vs by one constant batch in "
+            "memory, alternating. `loop ratio` 1.0: the step never waits on the data.", "",
+            *_table(["config", "batch", "data", "threads / prefetch / workers", "pipeline batches/s", "steps/s: pipeline",
+                     "steps/s: constant batch", "pipeline / step rate", "loop ratio"],
+                    [[r["config"], str(r["batch"]), r["data"], f"{r['num_threads']} / {r['prefetch']} / {r['num_workers']}",
+                      f"{r['pipeline_batches_per_s']:.1f}", f"{r['steps_per_s_pipeline']:.2f}",
+                      f"{r['steps_per_s_constant']:.2f}", f"{r['pipeline_vs_step']:.1f}x",
+                      f"{r['loop_ratio']:.3f}"] for r in by("input")]), ""]
 
 
 def _donation(by: Records) -> list[str]:

@@ -18,7 +18,7 @@ SIZE_BY_SHAPE = {(28, 28, 1): "mnist", (32, 32, 3): "cifar"}
 # Which config stands for a (family, size) when several exist: first match wins, then alphabetical.
 PREFERRED_CONFIGS = ("realnvp_toy", "ddpm_toy", "vae_toy", "gan_ring8")
 # cross-config sections, in the order they run (``--skip`` / ``--only`` name them)
-SECTIONS = ("op_by_op", "vmap", "scaling", "dp", "samplers", "donation", "flags", "kernels")
+SECTIONS = ("op_by_op", "vmap", "scaling", "dp", "samplers", "donation", "flags", "kernels", "input")
 TARGETS = {
     "conv_peak_fraction": 0.60,  # conv configs at batch 128 on CPU, of the measured matmul peak
     "sampler_overhead": 1.10,  # compiled sampler time / (steps x one denoiser call)

@@ -4,13 +4,12 @@ Every other benchmark module reaches a task, its state and its data only through
 so a change of the task interface (``experiments/tasks``, ``experiments/run.py``, ``gen_jax.train``)
 is a change of this file alone. Tasks are built as a run builds them, from the family's experiment
 config, but fed synthetic batches of the real shapes, so no dataset is read: image shapes and label
-counts come from tfds's dataset metadata (the builder's code, no download), and
-``tfds.testing.mock_data`` stands in for the training split while a task initialises.
+counts come from tfds's dataset metadata (the builder's code, no download), and a split of random
+images of those shapes stands in for the training split while a task initialises.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -52,8 +51,11 @@ def image_info(name: str) -> tuple[tuple[int, ...], int]:
 
 
 def data_spec(config) -> DataSpec:
-    """The ``DataSpec`` of a config's data, without loading any dataset (``num_train`` unknown)."""
+    """The ``DataSpec`` of a config's data, without reading any dataset: image shapes from tfds's
+    metadata, and a training split of 512 uniform random images of that shape (for families that
+    initialise from data, e.g. flows' ActNorm)."""
     from experiments.tasks.base import DataSpec
+    from gen_jax.data import ArraySource
     from gen_jax.data import images as image_data
     from gen_jax.data import toy as toy_data
 
@@ -64,20 +66,9 @@ def data_spec(config) -> DataSpec:
         raise ValueError(f"config data.name={name!r} is neither a toy dataset nor one of "
                          f"{list(image_data.IMAGE_DATASETS)}")
     shape, classes = image_info(name)
-    return DataSpec(kind="image", shape=shape, name=name, num_classes=classes)
-
-
-def without_dataset(config) -> contextlib.AbstractContextManager:
-    """A context in which the task of ``config`` can be built and initialised with no dataset on disk:
-    for image data, ``tfds.testing.mock_data`` stands in for the training split (families that
-    initialise from data, e.g. flows' ActNorm, then see random uint8 images of the right shape)."""
-    from gen_jax.data import toy as toy_data
-
-    if config.data.name in toy_data.TOY_DATASETS:
-        return contextlib.nullcontext()
-    import tensorflow_datasets as tfds
-
-    return tfds.testing.mock_data(num_examples=64)
+    host = example_batch(DataSpec(kind="image", shape=shape, name=name, num_classes=classes), 512)
+    return DataSpec(kind="image", shape=shape, name=name, num_classes=classes, num_train=512,
+                    train=ArraySource(host["x"], host["label"], name=f"random {name}-shaped images"))
 
 
 def load(config, batch_size: int, num_seeds: int = 1) -> tuple[Task, DataSpec]:

@@ -55,8 +55,7 @@ def worker(args: dict) -> dict:
     entry = entry_of(args["config"], args["arg"])
     task, data = tasks.load(entry.config, args["batch"])
     mesh = make_mesh(jax.devices()[:args["devices"]])
-    with tasks.without_dataset(entry.config):
-        state = replicate(tasks.init_fn(task)(jax.random.key(0)), mesh)
+    state = replicate(tasks.init_fn(task)(jax.random.key(0)), mesh)
     batch = shard_batch(tasks.example_batch(data, args["batch"]), mesh)
     compiled, compile_times = aot_compile(jittable(tasks.train_step(task)), state, batch)
     _, times = timed_steps(compiled, state, batch, args["warmup"], args["steps"])

@@ -2,8 +2,8 @@
 XLA settings."""
 
 from gen_jax.train.checkpoint import CheckpointError, Checkpointer, CorruptCheckpointError
-from gen_jax.train.loop import (DivergedError, Interrupted, MetricsWriter, NonFiniteError, fit, interrupt_on_signals,
-                              json_dumps, read_metrics, with_progress)
+from gen_jax.train.loop import (TIMING_KEYS, DivergedError, Interrupted, MetricsWriter, NonFiniteError, fit,
+                              interrupt_on_signals, json_dumps, read_metrics, with_progress)
 from gen_jax.train.parallel import (check_batch_size, initialize_distributed, keep_state_sharding,
                                     local_replica, make_mesh, replicate, shard_batch, shard_state)
 from gen_jax.train.platform import XLA_CPU_FLAGS, configure_xla_cpu
@@ -12,7 +12,7 @@ from gen_jax.train.steps import global_norm, make_train_step, make_two_player_st
 
 __all__ = [
     "CheckpointError", "Checkpointer", "CorruptCheckpointError", "DivergedError", "Interrupted", "MetricsWriter",
-    "NonFiniteError", "fit", "json_dumps", "with_progress",
+    "NonFiniteError", "TIMING_KEYS", "fit", "json_dumps", "with_progress",
     "interrupt_on_signals", "read_metrics",
     "check_batch_size", "initialize_distributed", "keep_state_sharding", "local_replica", "make_mesh", "replicate", "shard_batch",
     "shard_state", "XLA_CPU_FLAGS", "configure_xla_cpu",

@@ -7,6 +7,10 @@ return with ``interrupted=True``. A run that diverges raises :class:`DivergedErr
 point without writing a checkpoint, so the last good one stays intact: too many skipped
 (non-finite) updates, consecutive or in all (:class:`NonFiniteError`), or a loss that grew by orders of
 magnitude over its value at the run's first step.
+
+Besides the step's own metrics, every log record has the wall-clock ones (:data:`TIMING_KEYS`):
+``steps_per_sec`` and ``data_wait_fraction``, the share of the window the loop spent waiting for the
+next batch (near 0: the input pipeline keeps up with the steps).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import jax
 import numpy as np
 
 from gen_jax.train.checkpoint import Checkpointer
+
+TIMING_KEYS = ("steps_per_sec", "data_wait_fraction")  # wall-clock metrics: differ between identical runs
 
 
 class DivergedError(FloatingPointError):
@@ -225,6 +231,13 @@ class _TrainLog:
         self.pending: list[dict] = []
         self.t_start = self.t_last = time.perf_counter()
         self.window_start = start
+        self.data_wait = 0.0  # seconds blocked on the next batch since the last log point
+
+    def next_batch(self, it: Iterator[Any]) -> Any:
+        t = time.perf_counter()
+        batch = next(it)
+        self.data_wait += time.perf_counter() - t
+        return batch
 
     def flush(self, state: Any, step: int) -> dict[str, float]:
         """Logs the means of the metrics since the last log point; returns them."""
@@ -232,6 +245,8 @@ class _TrainLog:
         logged = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
         now = time.perf_counter()
         logged["steps_per_sec"] = (step - self.window_start) / max(now - self.t_last, 1e-9)
+        logged["data_wait_fraction"] = min(1.0, self.data_wait / max(now - self.t_last, 1e-9))
+        self.data_wait = 0.0
         logged["nonfinite_total"] = float(np.max(jax.device_get(state.nonfinite_total)))
         self.pending = []
         self.write(step, logged)
@@ -325,7 +340,7 @@ def fit(
     with _stop_on_signals() as stop:
         it = batches(start)
         for step in range(start + 1, num_steps + 1):
-            state, metrics = train_step(state, put_batch(next(it)))
+            state, metrics = train_step(state, put_batch(log.next_batch(it)))
             log.pending.append(metrics)
             if step == start + 1:
                 guard.first_step(metrics)
