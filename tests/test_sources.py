@@ -108,6 +108,17 @@ def test_any_tfds_image_dataset_by_name_with_resizing():
         assert part.train.shape == (28, 28, 1)  # (mock_data ignores the slice)
 
 
+def test_tfds_images_of_varying_sizes_need_an_image_size():
+    with tfds.testing.mock_data(num_examples=6):
+        with pytest.raises(DataError, match="'oxford_flowers102' has images of varying sizes; choose one with "
+                                            "data.image_size"):
+            open_source("oxford_flowers102")
+        s = open_source("oxford_flowers102", image_size=32)
+        assert s.train.shape == (32, 32, 3) and s.train.read(np.arange(3))["x"].shape == (3, 32, 32, 3)
+        celeb = open_source("celeb_a", image_size=64)  # fixed 218x178 images, no label
+        assert celeb.train.shape == (64, 64, 3) and celeb.train.num_classes == 0
+
+
 def test_batches_follow_the_documented_order_streamed_or_not():
     x, y = _images(n=40)
     src = ArraySource(x, y)
