@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.derivations import common, diffusion, flow, gan, report, vae
+from experiments.derivations import common, diffusion, diffusion_continuous, flow, gan, report, vae
 from experiments.derivations.__main__ import main
 from gen_jax import diffusion as gen_diffusion
 from gen_jax import flows
@@ -145,6 +145,23 @@ def test_diffusion_checks_fail_for_wrong_formulas():
         assert not diffusion.check_composition_exact(forward_fn=_forward_step_wrong_noise).passed
         mean, var = diffusion.check_posterior(posterior_fn=_posterior_wrong_variance)
         assert mean.passed and not var.passed
+
+
+def _weight_without_half(schedule, variables, t, num_timesteps=0):
+    lam, w = gen_diffusion.diffusion_loss_weight(schedule, variables, t, num_timesteps)
+    return lam, 2.0 * w  # T expm1(...) instead of T/2 expm1(...)
+
+
+def _weight_at_the_wrong_end(schedule, variables, t, num_timesteps=0):
+    lam, w = gen_diffusion.diffusion_loss_weight(schedule, variables, t, num_timesteps)
+    return lam, w * jnp.exp(0.01 * (lam - lam.mean()))  # a slightly different integrand
+
+
+def test_continuous_diffusion_checks_fail_for_wrong_weights():
+    with jax.enable_x64(True):
+        assert not diffusion_continuous.check_ddpm_kl_is_vdm_step(weight_fn=_weight_without_half).passed
+        limit, _ = diffusion_continuous.check_discrete_bound_tends_to_continuous(weight_fn=_weight_at_the_wrong_end)
+        assert not limit.passed
 
 
 # --------------------------------------------------------------------------------------- CLI

@@ -36,6 +36,7 @@ from experiments.derivations.common import (
     ks_statistic,
     mean_and_se,
 )
+from experiments.derivations import diffusion_continuous
 from experiments.derivations.diffusion_samplers import check_ddim_eta1_is_ddpm, check_exact_denoiser_recovers_data
 from experiments.derivations.diffusion_setting import (
     FAMILY,
@@ -460,4 +461,5 @@ def checks(fast: bool) -> list[Callable[[], Check | Sequence[Check]]]:
                           num_keys=1000 if fast else 40_000),
         functools.partial(check_ddim_eta1_is_ddpm, n=n),
         functools.partial(check_exact_denoiser_recovers_data, n=n),
+        *diffusion_continuous.checks(fast),
     ]

@@ -54,10 +54,17 @@ def gmm_eps(params: dict, x_t: jax.Array, t: jax.Array, label=None) -> jax.Array
     Follows the library's denoiser protocol ``apply_fn(params, x_t [B, D], t [B], label) -> [B, D]``.
     """
     del label
-    abar = jnp.take(params["alpha_bars"], t - 1)  # [B]
+    return params["gain"] * mixture_eps(params, x_t, jnp.take(params["alpha_bars"], t - 1)) + params["shift"]
+
+
+def mixture_eps(params: dict, x_t: jax.Array, abar: jax.Array, one_minus_abar: jax.Array | None = None) -> jax.Array:
+    """The exact E[eps | x_t] for the mixture data when x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps, abar [B]
+    (discrete or continuous time alike; ``one_minus_abar``, when given, is 1 - abar computed accurately)."""
+    if one_minus_abar is None:
+        one_minus_abar = 1.0 - abar
     sa = jnp.sqrt(abar)[:, None, None]  # [B, 1, 1]
     var0 = jnp.square(params["stds"])[None, :]  # [1, K]
-    var_t = abar[:, None] * var0 + (1.0 - abar[:, None])  # [B, K]: variance of component k at time t
+    var_t = abar[:, None] * var0 + one_minus_abar[:, None]  # [B, K]: variance of component k at time t
     mean_t = sa * params["means"][None]  # [B, K, D]
     diff = x_t[:, None, :] - mean_t  # [B, K, D]
     d = x_t.shape[-1]
@@ -65,8 +72,7 @@ def gmm_eps(params: dict, x_t: jax.Array, t: jax.Array, label=None) -> jax.Array
     r = jax.nn.softmax(log_r, axis=-1)  # [B, K] responsibilities
     x0_k = params["means"][None] + (sa[:, :, 0] * var0 / var_t)[:, :, None] * diff  # E[x_0 | x_t, k]
     x0 = jnp.sum(r[:, :, None] * x0_k, axis=1)  # [B, D]
-    eps = (x_t - jnp.sqrt(abar)[:, None] * x0) / jnp.sqrt(1.0 - abar)[:, None]
-    return params["gain"] * eps + params["shift"]
+    return (x_t - jnp.sqrt(abar)[:, None] * x0) / jnp.sqrt(one_minus_abar)[:, None]
 
 
 def data_points() -> np.ndarray:

@@ -6,6 +6,10 @@ trained through the variational bound (`variational_bound`) and its simplified e
 (`DiffusionModel`). Timesteps are t in {1..T}; schedule arrays are 0-indexed (entry t - 1).
 """
 
+from gen_jax.diffusion.continuous import (VariationalDiffusionModel, diffusion_loss_weight, prior_loss,
+                                          reconstruction_loss, vdm_posterior_step)
+from gen_jax.diffusion.log_snr import (LOG_SNR_SCHEDULES, CosineLogSNR, LearnedLogSNR, LinearLogSNR, alpha_sigma,
+                                       log_snr_and_derivative, make_log_snr_schedule)
 from gen_jax.diffusion.layers import TimeEmbedding, timestep_embedding
 from gen_jax.diffusion.losses import (
     WEIGHTINGS,
@@ -45,6 +49,20 @@ from gen_jax.diffusion.unet import AttentionBlock, Downsample, ResBlock, UNet, U
 __all__ = [
     # the generative model (gen_jax.model protocol)
     "DiffusionModel",
+    "VariationalDiffusionModel",
+    # log-SNR schedules (continuous and discrete time)
+    "LinearLogSNR",
+    "CosineLogSNR",
+    "LearnedLogSNR",
+    "LOG_SNR_SCHEDULES",
+    "make_log_snr_schedule",
+    "alpha_sigma",
+    "log_snr_and_derivative",
+    # the continuous-time bound
+    "prior_loss",
+    "reconstruction_loss",
+    "diffusion_loss_weight",
+    "vdm_posterior_step",
     # schedules and the forward process
     "NoiseSchedule",
     "ReverseVariance",

@@ -197,11 +197,36 @@ class NoiseSchedule(flax.struct.PyTreeNode):
         alpha_bar = np.clip(alpha_bar, 1e-12, 1.0)
         return cls.from_betas(_betas_from_alpha_bar(alpha_bar, max_beta))
 
+    @classmethod
+    def from_log_snr(cls, log_snr, T: int = 1000) -> "NoiseSchedule":
+        """The discrete-time schedule of a log-SNR schedule lambda(t), t in [0, 1], read at t = i / T:
+        alpha_bar_i = sigmoid(lambda(i / T)), i = 1..T (alpha_bar_0 = 1, the data), so that
+        ``log(snr) = lambda(i / T)``; as T grows its bound tends to the continuous-time one
+        (:mod:`gen_jax.diffusion.log_snr`).
+
+        Args:
+          log_snr: a function of t [T] -> lambda [T] (e.g. ``lambda t: LinearLogSNR().apply({}, t)``),
+            decreasing.
+          T: number of diffusion steps (> 0).
+        """
+        _check_T(T)
+        lam = np.asarray(log_snr(np.arange(1, T + 1, dtype=np.float64) / T), dtype=np.float64)
+        if lam.shape != (T,) or not np.all(np.isfinite(lam)) or np.any(np.diff(lam) >= 0):
+            raise ValueError(f"log_snr must map t [T] to finite, strictly decreasing values [T]; got shape "
+                             f"{lam.shape}")
+        alpha_bar = np.concatenate([[1.0], 1.0 / (1.0 + np.exp(-lam))])
+        return cls.from_betas(1.0 - alpha_bar[1:] / alpha_bar[:-1])
+
     # ------------------------------------------------------------------ accessors
     @property
     def num_timesteps(self) -> int:
         """T, the number of diffusion steps (static: read from the array shape)."""
         return self.betas.shape[0]
+
+    @property
+    def log_snr(self) -> jax.Array:
+        """lambda_t = log(alpha_bar_t / (1 - alpha_bar_t)) [T], the log signal-to-noise ratio."""
+        return jnp.log(self.snr)
 
     @property
     def T(self) -> int:  # noqa: N802 - the paper's name
