@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,8 +32,10 @@ class DiffusionBound:
     (L_1..L_{T-1}), the latter split by decades of t (``kl_t2_10_bpd``, ...; toy data: all in nats), and
     the standard error of the bound over the examples (``bits_per_dim_se``; toy: ``nll_nats_se``). The
     key splits into the loss's and the bound's. Options: ``bound_examples`` (0 skips the bound),
-    ``bound_batch_size``, ``bound_t_chunk`` (timesteps per network call), ``bound_variance`` ('large' as
-    in Ho et al.'s reported bounds, or 'small'). The bound costs T network evaluations per example."""
+    ``bound_batch_size``, and ``bound_<name>`` for each keyword ``name`` of the model's ``bound``: DDPM's
+    ``bound_t_chunk`` (timesteps per network call) and ``bound_variance`` ('large' as in Ho et al.'s
+    reported bounds, or 'small'), costing T network evaluations per example; a continuous-time model's
+    ``bound_num_times`` (times t per example; no per-decade split)."""
 
     num_samples = 0
 
@@ -40,14 +44,18 @@ class DiffusionBound:
         self.bound_examples = int(options.get("bound_examples", 0))
         self.bound_bs = int(options.get("bound_batch_size", 100))
         self._loss = jax.jit(lambda params, batch, key: model.objective(params, batch, key, train=False)[0])
-        variance, t_chunk = options.bound_variance, int(options.bound_t_chunk)
+        # the model's bound options from config.eval: ``bound_<name>`` for each keyword ``name`` it takes
+        accepted = inspect.signature(model.bound).parameters
+        bound_kwargs = {name: options[f"bound_{name}"] for name in accepted
+                        if name not in ("params", "x", "key", "label") and f"bound_{name}" in options}
 
         @jax.jit
         def bound_sums(params, x, label, valid, key):
-            out = model.bound(params, x, key, label=label, variance=variance, t_chunk=t_chunk)
+            out = model.bound(params, x, key, label=label, **bound_kwargs)
             keys = ("nll_nats", "bits_per_dim", "prior_nats", "decoder_nats", "diffusion_nats")
             sums = {k: jnp.sum(jnp.where(valid, out[k], 0.0)) for k in keys}
-            sums["terms_nats"] = jnp.sum(jnp.where(valid[:, None], out["terms_nats"], 0.0), axis=0)  # [T]
+            if "terms_nats" in out:  # per-timestep terms of a discrete-time bound [T]
+                sums["terms_nats"] = jnp.sum(jnp.where(valid[:, None], out["terms_nats"], 0.0), axis=0)
             sums["nll_sq"] = jnp.sum(jnp.where(valid, jnp.square(out["nll_nats"]), 0.0))
             return sums
 
@@ -95,7 +103,8 @@ class DiffusionBound:
         res = {"nll_nats": float(mean["nll_nats"]), "bound_examples": float(n)}
         se = float(metrics.standard_error(sums["nll_nats"], sums["nll_sq"], n)) if n > 1 else None
         parts = {"prior": mean["prior_nats"], "decoder": mean["decoder_nats"], "diffusion": mean["diffusion_nats"]}
-        parts.update(kl_by_decade(mean["terms_nats"]))
+        if "terms_nats" in mean:
+            parts.update(kl_by_decade(mean["terms_nats"]))
         if self.ctx.data.kind == "image":
             to_bpd = 1.0 / (float(np.prod(self.ctx.data.shape)) * np.log(2.0))
             res["bits_per_dim"] = float(mean["bits_per_dim"])

@@ -15,6 +15,7 @@ FIGURES: dict[str, Callable] = {
     "temperature_grid": flows.temperature_grid,
     "latents": flows.latents,
     "ddpm_vs_ddim": diffusion.ddpm_vs_ddim,
+    "log_snr": diffusion.log_snr,
     "reconstructions": vae.reconstructions,
     "vae_latent": vae.vae_latent,
     "gan_seeds": gan.gan_seeds,

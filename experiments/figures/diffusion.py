@@ -68,3 +68,24 @@ def _toy_figure(ctx: Context, traj, x_ddpm, x_ddim, T: int, ddim_steps: int, out
         ax.set_xticks([])
         ax.set_yticks([])
     return viz.save_figure(fig, os.path.join(outdir, "diffusion_trajectory.png"))
+
+
+def log_snr(ctx: Context, key: jax.Array, outdir: str) -> list[str]:
+    """A continuous-time model's log-SNR schedule lambda(t) after training (seed 0) against its initial one,
+    and the weight -lambda'(t) / 2 of its diffusion loss (where the learned shape puts the samples of t)."""
+    from gen_jax.diffusion import log_snr_and_derivative
+
+    model, params = ctx.model, ctx.params[0]
+    t = jnp.linspace(0.0, 1.0, 401)
+    lam, dlam = log_snr_and_derivative(model.schedule, model._schedule_vars(params["schedule"]), t)
+    lam0, dlam0 = log_snr_and_derivative(model.schedule, model.schedule.init(key, t), t)
+    plt = viz.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    for ax, (a, b), title in zip(axes, [(lam, lam0), (-0.5 * dlam, -0.5 * dlam0)],
+                                 ["log-SNR lambda(t)", "diffusion-loss weight -lambda'(t) / 2"]):
+        ax.plot(np.asarray(t), np.asarray(a), label="trained")
+        ax.plot(np.asarray(t), np.asarray(b), "--", label="initial")
+        ax.set_xlabel("t")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    return [viz.save_figure(fig, os.path.join(outdir, "log_snr.png"))]

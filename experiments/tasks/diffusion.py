@@ -10,6 +10,11 @@ Config fields read here (the rest is the common schema of experiments/configs/co
   ``parameterization`` ('eps' | 'x0' | 'v'), ``weighting`` ('simple' | 'vlb' | 'min_snr'),
   ``min_snr_gamma``, ``variance`` (reverse variance of the 'vlb' weights: 'large' | 'small'),
   ``cond_drop_prob`` (label dropout for guidance).
+* ``objective.process`` 'vdm' (default 'ddpm'): continuous-time diffusion trained on its bound
+  (:class:`gen_jax.diffusion.VariationalDiffusionModel`) with ``log_snr_schedule`` ('linear' | 'cosine' |
+  'learned'), ``log_snr_max``, ``log_snr_min``, ``schedule_hidden`` (learned), ``num_timesteps`` (0: continuous
+  time; T: the T-step bound); ``model.fourier_features`` (unet). Its samples: ``eval.sample_steps`` reverse
+  steps, ``eval.sampler`` 'ddpm' (ancestral) or 'ddim' (deterministic); its bound: ``eval.bound_num_times``.
 * ``eval`` (the samples the run shows and scores): ``sampler`` ('ddpm' | 'ddim'), ``ddpm_variance``
   ('small' | 'large'), ``ddim_steps``, ``ddim_eta``, ``ddim_spacing`` ('uniform' | 'quadratic'),
   ``clip_x0`` (clip the predicted x_0 to [-1, 1]; images), ``guidance_scale`` (class-conditional models;
@@ -57,7 +62,7 @@ def build_denoiser(config, data: DataSpec):
         return diffusion.UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
                               num_heads=m.get("num_heads", 1), norm_groups=m.norm_groups,
-                              num_classes=num_classes)
+                              num_classes=num_classes, fourier_features=tuple(m.get("fourier_features", ())))
     raise ValueError(f"config.model.arch={m.arch!r}; expected 'mlp' or 'unet'.")
 
 
@@ -65,10 +70,20 @@ def build(config, data: DataSpec) -> Experiment:
     obj, ev = config.objective, config.eval
     if ev.sampler not in ("ddpm", "ddim"):
         raise ValueError(f"config.eval.sampler={ev.sampler!r}; expected 'ddpm' or 'ddim'.")
-    model = diffusion.DiffusionModel(
-        build_denoiser(config, data), build_schedule(obj), data.shape, parameterization=obj.parameterization,
-        weighting=obj.weighting, min_snr_gamma=obj.min_snr_gamma, variance=obj.variance,
-        cond_drop_prob=obj.cond_drop_prob)
+    process = obj.get("process", "ddpm")
+    if process == "vdm":
+        schedule = diffusion.make_log_snr_schedule(obj.log_snr_schedule, obj.log_snr_max, obj.log_snr_min,
+                                                   obj.get("schedule_hidden", 1024))
+        model = diffusion.VariationalDiffusionModel(build_denoiser(config, data), schedule, data.shape,
+                                                    num_timesteps=int(obj.num_timesteps),
+                                                    cond_drop_prob=obj.cond_drop_prob)
+    elif process == "ddpm":
+        model = diffusion.DiffusionModel(
+            build_denoiser(config, data), build_schedule(obj), data.shape, parameterization=obj.parameterization,
+            weighting=obj.weighting, min_snr_gamma=obj.min_snr_gamma, variance=obj.variance,
+            cond_drop_prob=obj.cond_drop_prob)
+    else:
+        raise ValueError(f"config.objective.process={process!r}; expected 'ddpm' or 'vdm'.")
 
     def init_state(key: jax.Array) -> TrainState:
         init_key, state_key = jax.random.split(key)
@@ -82,6 +97,9 @@ def build(config, data: DataSpec) -> Experiment:
 def sample_options(config, data: DataSpec) -> dict:
     """``model.sample`` options from ``config.eval``."""
     ev = config.eval
+    clip = 1.0 if (data.kind == "image" and ev.clip_x0) else None
+    if config.objective.get("process", "ddpm") == "vdm":
+        return dict(num_steps=int(ev.sample_steps), deterministic=ev.sampler == "ddim", clip_x=clip)
     return dict(sampler=ev.sampler, ddpm_variance=ev.ddpm_variance, ddim_steps=int(ev.ddim_steps),
                 ddim_eta=float(ev.ddim_eta), ddim_spacing=ev.ddim_spacing, guidance_scale=ev.get("guidance_scale", None),
-                clip_x0=1.0 if (data.kind == "image" and ev.clip_x0) else None)
+                clip_x0=clip)
