@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from gen_jax.diffusion.log_snr import alpha_sigma, log_snr_and_derivative
 from gen_jax.diffusion.losses import to_model_space
+from gen_jax.diffusion.protocol import Denoising
 from gen_jax.model import split_variables
 from gen_jax.ops import sum_except_batch
 
@@ -138,7 +139,7 @@ _with_variance_gradient.defvjp(_wvg_fwd, _wvg_bwd)
 
 
 @dataclasses.dataclass(frozen=True)
-class VariationalDiffusionModel:
+class VariationalDiffusionModel(Denoising):
     """A continuous-time (or T-step) diffusion model trained on its variational bound (VDM).
 
     Attributes:
@@ -156,6 +157,7 @@ class VariationalDiffusionModel:
     ``params = {'denoiser': ..., 'schedule': ...}`` (the fixed schedules have no parameters). Loss metrics:
     ``loss`` (the bound, bits/dim for images, nats for real data), ``bits_per_dim``, ``nll_nats`` and its
     parts ``prior_nats``, ``diffusion_nats``, ``reconstruction_nats``, ``log_snr_min``, ``log_snr_max``.
+    ``sample(params, key, n, **options)`` (options of :meth:`reverse_process`) returns data space.
     """
 
     denoiser: nn.Module
@@ -172,14 +174,6 @@ class VariationalDiffusionModel:
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must lie in [0, 1]; got {self.cond_drop_prob}")
         object.__setattr__(self, "data_shape", tuple(self.data_shape))
-
-    @property
-    def num_classes(self) -> int | None:
-        return getattr(self.denoiser, "num_classes", None)
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.data_shape) == 3
 
     @property
     def D(self) -> int:  # noqa: N802 - dimensions per example
@@ -213,17 +207,6 @@ class VariationalDiffusionModel:
         den, state = split_variables(jax.jit(self.denoiser.init)(k_den, x, jnp.ones((1,), jnp.float32), label))
         sched = self.schedule.init(k_sched, jnp.zeros((1,), jnp.float32)).get("params", {})
         return {"denoiser": den, "schedule": sched}, state
-
-    def _labels(self, batch: dict, key: Array, train: bool) -> Array | None:
-        if self.num_classes is None:
-            return None
-        if "label" not in batch:
-            raise ValueError("class-conditional denoiser (num_classes set) needs batch['label']")
-        label = jnp.asarray(batch["label"], jnp.int32)
-        if train:
-            drop = jax.random.bernoulli(key, self.cond_drop_prob, label.shape)
-            label = jnp.where(drop, self.num_classes, label)
-        return label
 
     def _times(self, key: Array, B: int) -> Array:
         if self.antithetic_time:
@@ -269,7 +252,7 @@ class VariationalDiffusionModel:
         t = self._times(k_t, x.shape[0])
         eps = jax.random.normal(k_eps, x.shape, x.dtype)
         eps0 = jax.random.normal(k_eps0, x.shape, x.dtype)
-        label = self._labels(batch, k_cond, train)
+        label = self.train_labels(batch, k_cond, train)
         terms = self.terms(params, x, t, eps, eps0, label=label, discrete=discrete, train=train, key=k_drop)
         nll = terms["prior_nats"] + terms["reconstruction_nats"] + terms["diffusion_nats"]
         bpd = nll / (self.D * _LN2)
@@ -317,14 +300,6 @@ class VariationalDiffusionModel:
         if self.num_classes is not None and labels is None:
             labels = jnp.arange(n, dtype=jnp.int32) % self.num_classes
         return _vdm_sample(self, params, key, n, int(num_steps), bool(deterministic), labels, clip_x)
-
-    def to_data(self, x: Array) -> Array:
-        """Model space -> data space (images: [-1, 1] -> [0, 1], clipped)."""
-        return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0) if self.is_image else x
-
-    def sample(self, params: Any, key: Array, n: int, **options) -> Array:
-        """``n`` samples in data space; ``options`` as in :meth:`reverse_process`."""
-        return self.to_data(self.reverse_process(params, key, n, **options))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 7))

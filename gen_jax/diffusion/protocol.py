@@ -25,8 +25,42 @@ from gen_jax.model import split_variables
 Array = jax.Array
 
 
+class Denoising:
+    """What every diffusion model built on a denoiser network shares (``denoiser``, ``data_shape`` and
+    ``cond_drop_prob`` attributes): conditioning, the data space, sampling through ``reverse_process``."""
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.denoiser, "num_classes", None)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.data_shape) == 3
+
+    def train_labels(self, batch: dict, key: Array, train: bool) -> Array | None:
+        """The labels the denoiser sees (None for an unconditional one); while training each is replaced by the
+        null label (index ``num_classes``) with probability ``cond_drop_prob`` (classifier-free guidance)."""
+        if self.num_classes is None:
+            return None
+        if "label" not in batch:
+            raise ValueError("class-conditional denoiser (num_classes set) needs batch['label']")
+        label = jnp.asarray(batch["label"], jnp.int32)
+        if train:
+            drop = jax.random.bernoulli(key, self.cond_drop_prob, label.shape)
+            label = jnp.where(drop, self.num_classes, label)
+        return label
+
+    def to_data(self, x: Array) -> Array:
+        """Model space -> data space (images: [-1, 1] -> [0, 1], clipped)."""
+        return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0) if self.is_image else x
+
+    def sample(self, params: Any, key: Array, n: int, **options) -> Array:
+        """``n`` samples in data space; ``options`` as in :meth:`reverse_process` (without ``trajectory``)."""
+        return self.to_data(self.reverse_process(params, key, n, **options))
+
+
 @dataclasses.dataclass(frozen=True)
-class DiffusionModel:
+class DiffusionModel(Denoising):
     """A denoiser trained to reverse a fixed noising process.
 
     Attributes:
@@ -66,14 +100,6 @@ class DiffusionModel:
         # Built once: the samplers take it as a static (hashed) argument.
         object.__setattr__(self, "apply_fn", make_denoise_fn(self.denoiser))
 
-    @property
-    def num_classes(self) -> int | None:
-        return getattr(self.denoiser, "num_classes", None)
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.data_shape) == 3
-
     def init(self, key: Array, batch: dict | None = None) -> tuple[Any, dict]:
         """Denoiser parameters (shapes from ``data_shape``; ``batch`` is not needed)."""
         # Initialised from an 'rbg' key derived from ``key``: the same parameters for the same key, and XLA
@@ -94,14 +120,7 @@ class DiffusionModel:
         t = jax.random.randint(k_t, (B,), 1, self.schedule.num_timesteps + 1)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         xt = q_sample(self.schedule, x0, t, eps)
-        label = None
-        if self.num_classes is not None:
-            if "label" not in batch:
-                raise ValueError("class-conditional denoiser (num_classes set) needs batch['label']")
-            label = jnp.asarray(batch["label"], jnp.int32)
-            if train:
-                drop = jax.random.bernoulli(k_cond, self.cond_drop_prob, (B,))
-                label = jnp.where(drop, self.num_classes, label)
+        label = self.train_labels(batch, k_cond, train)
         out = self.denoiser.apply({"params": params}, xt, t, label, train=train, rngs={"dropout": k_drop})
         per_ex, mse = denoising_loss(self.schedule, out, x0, eps, t, parameterization=self.parameterization,
                                      weighting=self.weighting, min_snr_gamma=self.min_snr_gamma,
@@ -132,14 +151,6 @@ class DiffusionModel:
             return ddim_sample(self.apply_fn, params, self.schedule, key, shape, num_steps=int(ddim_steps),
                                eta=float(ddim_eta), spacing=ddim_spacing, **common)
         raise ValueError(f"sampler must be 'ddpm' or 'ddim'; got {sampler!r}")
-
-    def to_data(self, x: Array) -> Array:
-        """Model space -> data space (images: [-1, 1] -> [0, 1], clipped)."""
-        return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0) if self.is_image else x
-
-    def sample(self, params: Any, key: Array, n: int, **options) -> Array:
-        """``n`` samples in data space; ``options`` as in :meth:`reverse_process` (without ``trajectory``)."""
-        return self.to_data(self.reverse_process(params, key, n, **options))
 
     def bound(self, params: Any, x: Array, key: Array, *, label: Array | None = None, variance: str = "large",
               t_chunk: int = 1) -> dict[str, Array]:
