@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.derivations import common, diffusion, diffusion_continuous, flow, gan, report, vae
+from experiments.derivations import common, diffusion, diffusion_continuous, flow, flow_matching, gan, report, vae
 from experiments.derivations.__main__ import main
 from gen_jax import diffusion as gen_diffusion
 from gen_jax import flows
@@ -162,6 +162,17 @@ def test_continuous_diffusion_checks_fail_for_wrong_weights():
         assert not diffusion_continuous.check_ddpm_kl_is_vdm_step(weight_fn=_weight_without_half).passed
         limit, _ = diffusion_continuous.check_discrete_bound_tends_to_continuous(weight_fn=_weight_at_the_wrong_end)
         assert not limit.passed
+
+
+def test_flow_matching_gradient_check_fails_for_a_wrong_target():
+    with jax.enable_x64(True):
+        def target_is_the_point(x, eps, t):  # u = z_t instead of alpha' x + sigma' eps
+            z = (1 - t)[:, None] * x + t[:, None] * eps
+            return z, z
+
+        assert flow_matching.check_conditional_gradient_is_marginal(2000, "linear").passed
+        assert not flow_matching.check_conditional_gradient_is_marginal(2000, "linear",
+                                                                       target_fn=target_is_the_point).passed
 
 
 # --------------------------------------------------------------------------------------- CLI

@@ -75,6 +75,16 @@ def base_config(
     return c
 
 
+def image_frechet_eval(c: config_dict.ConfigDict, *, num_samples: int = 10_000, smoke: bool = False) -> None:
+    """The options of the 'frechet' evaluator on labelled images (experiments/evaluators/samples.py): the
+    number of samples scored and the feature classifier trained on the training split."""
+    c.eval.fd_num_samples = 64 if smoke else num_samples
+    c.eval.classifier_steps = 5 if smoke else 1000
+    c.eval.classifier_batch_size = 16 if smoke else 128
+    c.eval.classifier_seed = 0
+    c.eval.classifier_path = config_dict.placeholder(str)  # e.g. runs/mnist_classifier.msgpack to reuse it across runs
+
+
 def resolve_eval(config: config_dict.ConfigDict, kind: str, num_classes: int) -> None:
     """Sets ``config.eval.evaluators`` / ``figures`` that are None to the defaults for the data's kind."""
     if config.eval.evaluators is None:

@@ -14,7 +14,7 @@ seconds on CPU.
 
 from ml_collections import config_dict
 
-from experiments.configs.common import base_config, shrink_for_smoke
+from experiments.configs.common import base_config, image_frechet_eval, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -42,11 +42,7 @@ def get_config(arg=None):
     c.data.num_eval = -1  # the whole test split
     c.data.eval_batch_size = 500
     c.eval.num_samples = 64
-    c.eval.fd_num_samples = 10_000
-    c.eval.classifier_steps = 1000
-    c.eval.classifier_batch_size = 128
-    c.eval.classifier_seed = 0
-    c.eval.classifier_path = config_dict.placeholder(str)  # e.g. runs/mnist_classifier.msgpack to reuse it across runs
+    image_frechet_eval(c, smoke=arg == "smoke")
     c.train.log_every = 200
     c.train.sample_every = 1000
     c.train.eval_every = 0  # the Frechet distance needs a classifier: once, at the end
@@ -59,9 +55,6 @@ def get_config(arg=None):
         c.model.d_features = 8
         c.data.num_eval = 64
         c.data.eval_batch_size = 32
-        c.eval.fd_num_samples = 64
-        c.eval.classifier_steps = 5
-        c.eval.classifier_batch_size = 16
         c.train.sample_every = 0
         c.train.eval_every = 0
     elif arg:

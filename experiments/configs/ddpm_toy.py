@@ -25,6 +25,15 @@ def diffusion_objective(c, *, num_timesteps: int = 1000) -> None:
     c.objective.cond_drop_prob = 0.1  # class-conditional models only
 
 
+def drop_ddpm_fields(c) -> None:
+    """Removes the DDPM-only objective and eval fields (for the configs of other diffusion processes)."""
+    for k in ("schedule", "beta_start", "beta_end", "cosine_s", "parameterization", "weighting", "min_snr_gamma",
+              "variance"):
+        del c.objective[k]
+    for k in ("ddpm_variance", "ddim_steps", "ddim_eta", "ddim_spacing", "bound_t_chunk", "bound_variance"):
+        del c.eval[k]
+
+
 def get_config(arg=None):
     c = base_config("diffusion", data="ring8", batch_size=256, num_steps=20_000, learning_rate=1e-3)
     c.optim.schedule = "cosine"

@@ -11,17 +11,13 @@ from experiments.configs import ddpm_toy
 
 def vdm_objective(c, *, schedule: str = "learned") -> None:
     """The VDM objective fields (Kingma et al. 2021 defaults): replaces the DDPM ones."""
-    for k in ("schedule", "beta_start", "beta_end", "cosine_s", "parameterization", "weighting", "min_snr_gamma",
-              "variance"):
-        del c.objective[k]
+    ddpm_toy.drop_ddpm_fields(c)
     c.objective.process = "vdm"
     c.objective.log_snr_schedule = schedule  # 'linear' | 'cosine' | 'learned'
     c.objective.log_snr_max = 13.3  # lambda(0): alpha_0^2 = 1 - 1.7e-6
     c.objective.log_snr_min = -5.0  # lambda(1): alpha_1^2 = 0.0067
     c.objective.schedule_hidden = 1024  # units of the learned schedule's monotone network
     c.objective.num_timesteps = 0  # 0: continuous time; T: the T-step bound
-    for k in ("ddpm_variance", "ddim_steps", "ddim_eta", "ddim_spacing", "bound_t_chunk", "bound_variance"):
-        del c.eval[k]
 
 
 def get_config(arg=None):

@@ -59,7 +59,14 @@ def gmm_eps(params: dict, x_t: jax.Array, t: jax.Array, label=None) -> jax.Array
 
 def mixture_eps(params: dict, x_t: jax.Array, abar: jax.Array, one_minus_abar: jax.Array | None = None) -> jax.Array:
     """The exact E[eps | x_t] for the mixture data when x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps, abar [B]
-    (discrete or continuous time alike; ``one_minus_abar``, when given, is 1 - abar computed accurately)."""
+    (discrete or continuous time alike; ``one_minus_abar``, when given, is 1 - abar computed accurately, or
+    any noise variance: x_t = sqrt(abar) x_0 + sqrt(one_minus_abar) eps)."""
+    return mixture_posterior(params, x_t, abar, one_minus_abar)[1]
+
+
+def mixture_posterior(params: dict, x_t: jax.Array, abar: jax.Array,
+                      one_minus_abar: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(E[x_0 | x_t], E[eps | x_t]) for the mixture data (see :func:`mixture_eps`)."""
     if one_minus_abar is None:
         one_minus_abar = 1.0 - abar
     sa = jnp.sqrt(abar)[:, None, None]  # [B, 1, 1]
@@ -72,7 +79,7 @@ def mixture_eps(params: dict, x_t: jax.Array, abar: jax.Array, one_minus_abar: j
     r = jax.nn.softmax(log_r, axis=-1)  # [B, K] responsibilities
     x0_k = params["means"][None] + (sa[:, :, 0] * var0 / var_t)[:, :, None] * diff  # E[x_0 | x_t, k]
     x0 = jnp.sum(r[:, :, None] * x0_k, axis=1)  # [B, D]
-    return (x_t - jnp.sqrt(abar)[:, None] * x0) / jnp.sqrt(one_minus_abar)[:, None]
+    return x0, (x_t - jnp.sqrt(abar)[:, None] * x0) / jnp.sqrt(one_minus_abar)[:, None]
 
 
 def data_points() -> np.ndarray:

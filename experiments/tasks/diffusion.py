@@ -15,6 +15,9 @@ Config fields read here (the rest is the common schema of experiments/configs/co
   'learned'), ``log_snr_max``, ``log_snr_min``, ``schedule_hidden`` (learned), ``num_timesteps`` (0: continuous
   time; T: the T-step bound); ``model.fourier_features`` (unet). Its samples: ``eval.sample_steps`` reverse
   steps, ``eval.sampler`` 'ddpm' (ancestral) or 'ddim' (deterministic); its bound: ``eval.bound_num_times``.
+* ``objective.process`` 'fm': flow matching (:class:`gen_jax.diffusion.FlowMatchingModel`) on the ``fm_path``
+  ('linear' | 'vp'; the vp path's schedule from ``log_snr_schedule``, ``log_snr_max``, ``log_snr_min``); the
+  network predicts the velocity. Its samples: ``eval.sample_steps`` steps of ``eval.ode_solver`` ('euler' | 'heun').
 * ``eval`` (the samples the run shows and scores): ``sampler`` ('ddpm' | 'ddim'), ``ddpm_variance``
   ('small' | 'large'), ``ddim_steps``, ``ddim_eta``, ``ddim_spacing`` ('uniform' | 'quadratic'),
   ``clip_x0`` (clip the predicted x_0 to [-1, 1]; images), ``guidance_scale`` (class-conditional models;
@@ -68,22 +71,28 @@ def build_denoiser(config, data: DataSpec):
 
 def build(config, data: DataSpec) -> Experiment:
     obj, ev = config.objective, config.eval
-    if ev.sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"config.eval.sampler={ev.sampler!r}; expected 'ddpm' or 'ddim'.")
     process = obj.get("process", "ddpm")
+    if process != "fm" and ev.sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"config.eval.sampler={ev.sampler!r}; expected 'ddpm' or 'ddim'.")
     if process == "vdm":
         schedule = diffusion.make_log_snr_schedule(obj.log_snr_schedule, obj.log_snr_max, obj.log_snr_min,
                                                    obj.get("schedule_hidden", 1024))
         model = diffusion.VariationalDiffusionModel(build_denoiser(config, data), schedule, data.shape,
                                                     num_timesteps=int(obj.num_timesteps),
                                                     cond_drop_prob=obj.cond_drop_prob)
+    elif process == "fm":
+        model = diffusion.FlowMatchingModel(build_denoiser(config, data), data.shape, path=obj.fm_path,
+                                            log_snr_schedule=obj.get("log_snr_schedule", "cosine"),
+                                            log_snr_max=obj.get("log_snr_max", 10.0),
+                                            log_snr_min=obj.get("log_snr_min", -10.0),
+                                            cond_drop_prob=obj.cond_drop_prob)
     elif process == "ddpm":
         model = diffusion.DiffusionModel(
             build_denoiser(config, data), build_schedule(obj), data.shape, parameterization=obj.parameterization,
             weighting=obj.weighting, min_snr_gamma=obj.min_snr_gamma, variance=obj.variance,
             cond_drop_prob=obj.cond_drop_prob)
     else:
-        raise ValueError(f"config.objective.process={process!r}; expected 'ddpm' or 'vdm'.")
+        raise ValueError(f"config.objective.process={process!r}; expected 'ddpm', 'vdm' or 'fm'.")
 
     def init_state(key: jax.Array) -> TrainState:
         init_key, state_key = jax.random.split(key)
@@ -98,8 +107,11 @@ def sample_options(config, data: DataSpec) -> dict:
     """``model.sample`` options from ``config.eval``."""
     ev = config.eval
     clip = 1.0 if (data.kind == "image" and ev.clip_x0) else None
-    if config.objective.get("process", "ddpm") == "vdm":
+    process = config.objective.get("process", "ddpm")
+    if process == "vdm":
         return dict(num_steps=int(ev.sample_steps), deterministic=ev.sampler == "ddim", clip_x=clip)
+    if process == "fm":
+        return dict(num_steps=int(ev.sample_steps), solver=ev.ode_solver, clip_x=clip)
     return dict(sampler=ev.sampler, ddpm_variance=ev.ddpm_variance, ddim_steps=int(ev.ddim_steps),
                 ddim_eta=float(ev.ddim_eta), ddim_spacing=ev.ddim_spacing, guidance_scale=ev.get("guidance_scale", None),
                 clip_x0=clip)

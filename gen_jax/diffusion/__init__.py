@@ -10,6 +10,7 @@ from gen_jax.diffusion.continuous import (VariationalDiffusionModel, diffusion_l
                                           reconstruction_loss, vdm_posterior_step)
 from gen_jax.diffusion.log_snr import (LOG_SNR_SCHEDULES, CosineLogSNR, LearnedLogSNR, LinearLogSNR, alpha_sigma,
                                        log_snr_and_derivative, make_log_snr_schedule)
+from gen_jax.diffusion.flow_matching import FM_PATHS, ODE_SOLVERS, FlowMatchingModel, path_coefficients
 from gen_jax.diffusion.layers import TimeEmbedding, timestep_embedding
 from gen_jax.diffusion.losses import (
     WEIGHTINGS,
@@ -50,6 +51,10 @@ __all__ = [
     # the generative model (gen_jax.model protocol)
     "DiffusionModel",
     "VariationalDiffusionModel",
+    "FlowMatchingModel",
+    "FM_PATHS",
+    "ODE_SOLVERS",
+    "path_coefficients",
     # log-SNR schedules (continuous and discrete time)
     "LinearLogSNR",
     "CosineLogSNR",
