@@ -1,6 +1,7 @@
 """Flow matching on a 2D toy distribution (ring8 by default; Lipman et al. 2022, Liu et al. 2022): the
 ``ddpm_toy`` MLP predicting the velocity of the linear (optimal-transport / rectified-flow) path, samples by
-``eval.sample_steps`` Heun steps of the ODE; mode coverage of the samples. ``get_config('smoke')`` runs in
+``eval.sample_steps`` Heun steps of the ODE; mode coverage of the samples and the held-out NLL by the ODE
+(exact divergence). ``get_config('smoke')`` runs in
 seconds on CPU.
 
     python -m experiments.train --config fm_toy --workdir runs/fm_toy
@@ -28,7 +29,8 @@ def get_config(arg=None):
     c = ddpm_toy.get_config("smoke" if arg == "smoke" else None)
     fm_objective(c)
     c.eval.sample_steps = 50 if arg != "smoke" else 4
-    c.eval.evaluators = ("modes",)
+    c.eval.evaluators = ("modes", "ode_nll")
+    c.eval.ode_examples = 2000 if arg != "smoke" else 16  # held-out points for the ODE log-likelihood
     c.eval.figures = ()
     if arg not in (None, "smoke"):
         raise ValueError(f"fm_toy: unknown config argument {arg!r}; expected 'smoke' or nothing.")

@@ -1,6 +1,6 @@
 """Continuous-time diffusion on a 2D toy distribution (ring8 by default; Kingma et al. 2021, VDM): the
 ``ddpm_toy`` MLP denoiser, a learned log-SNR schedule, trained on the continuous-time bound (nats; a
-Gaussian decoder for real data); ancestral sampling in ``eval.sample_steps`` steps. ``get_config('smoke')``
+Gaussian decoder for real data) and the probability-flow ODE's exact NLL; ancestral sampling in ``eval.sample_steps`` steps. ``get_config('smoke')``
 runs in seconds on CPU.
 
     python -m experiments.train --config vdm_toy --workdir runs/vdm_toy
@@ -27,6 +27,8 @@ def get_config(arg=None):
     c.eval.sample_steps = 256 if arg != "smoke" else 8
     c.eval.bound_num_times = 64 if arg != "smoke" else 4
     c.eval.figures = ("log_snr",)
+    c.eval.evaluators = ("bound", "modes", "ode_nll")
+    c.eval.ode_examples = 2000 if arg != "smoke" else 16
     if arg not in (None, "smoke"):
         raise ValueError(f"vdm_toy: unknown config argument {arg!r}; expected 'smoke' or nothing.")
     return c

@@ -36,7 +36,7 @@ from experiments.derivations.common import (
     ks_statistic,
     mean_and_se,
 )
-from experiments.derivations import diffusion_continuous, flow_matching
+from experiments.derivations import diffusion_continuous, flow_matching, ode_likelihood
 from experiments.derivations.diffusion_samplers import check_ddim_eta1_is_ddpm, check_exact_denoiser_recovers_data
 from experiments.derivations.diffusion_setting import (
     FAMILY,
@@ -463,4 +463,5 @@ def checks(fast: bool) -> list[Callable[[], Check | Sequence[Check]]]:
         functools.partial(check_exact_denoiser_recovers_data, n=n),
         *diffusion_continuous.checks(fast),
         *flow_matching.checks(fast),
+        *ode_likelihood.checks(fast),
     ]

@@ -12,6 +12,8 @@ the runner draws them once for all seeds and all such evaluators (``ctx.sample(k
 
 * ``nll`` (:mod:`.likelihood`): exact held-out NLL of models with ``nll`` (flows).
 * ``importance_nll`` (:mod:`.likelihood`): VAEs' importance-sampled ``log p(x)`` and the test ELBO.
+* ``ode_nll`` (:mod:`.likelihood`): the probability-flow ODE's log-likelihood (flow matching, continuous-time
+  diffusion).
 * ``bound`` (:mod:`.bound`): diffusion's variational bound and held-out loss.
 * ``modes`` (:mod:`.samples`): mode coverage of toy mixtures.
 * ``frechet`` (:mod:`.samples`): Frechet distance of samples to held-out data (toy: in the plane;
@@ -26,13 +28,14 @@ import jax
 import numpy as np
 
 from experiments.evaluators.bound import DiffusionBound
-from experiments.evaluators.likelihood import ExactNLL, ImportanceSampledNLL
+from experiments.evaluators.likelihood import ExactNLL, ImportanceSampledNLL, ODELikelihood
 from experiments.evaluators.samples import FrechetDistance, ModeCoverage
 from experiments.tasks.base import Context
 
 EVALUATORS: dict[str, Callable[[Any, Context], Any]] = {
     "nll": ExactNLL,
     "importance_nll": ImportanceSampledNLL,
+    "ode_nll": ODELikelihood,
     "bound": DiffusionBound,
     "modes": ModeCoverage,
     "frechet": FrechetDistance,

@@ -11,6 +11,7 @@ from gen_jax.diffusion.continuous import (VariationalDiffusionModel, diffusion_l
 from gen_jax.diffusion.log_snr import (LOG_SNR_SCHEDULES, CosineLogSNR, LearnedLogSNR, LinearLogSNR, alpha_sigma,
                                        log_snr_and_derivative, make_log_snr_schedule)
 from gen_jax.diffusion.flow_matching import FM_PATHS, ODE_SOLVERS, FlowMatchingModel, path_coefficients
+from gen_jax.diffusion.ode import DIVERGENCES, dequantized_bits_per_dim, divergence, ode_log_likelihood
 from gen_jax.diffusion.layers import TimeEmbedding, timestep_embedding
 from gen_jax.diffusion.losses import (
     WEIGHTINGS,
@@ -55,6 +56,11 @@ __all__ = [
     "FM_PATHS",
     "ODE_SOLVERS",
     "path_coefficients",
+    # exact likelihood by the probability-flow ODE
+    "ode_log_likelihood",
+    "dequantized_bits_per_dim",
+    "divergence",
+    "DIVERGENCES",
     # log-SNR schedules (continuous and discrete time)
     "LinearLogSNR",
     "CosineLogSNR",

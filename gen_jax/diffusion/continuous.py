@@ -293,6 +293,20 @@ class VariationalDiffusionModel(Denoising):
         return {"bits_per_dim": nll / (self.D * _LN2), "nll_nats": nll, "prior_nats": first["prior_nats"],
                 "decoder_nats": first["reconstruction_nats"], "diffusion_nats": diffusion, "diffusion_se_nats": se}
 
+    def probability_flow(self, params: Any, label: Array | None = None):
+        """``(v(z, t), 0, 1)``: the probability-flow ODE of the noising process, v = alpha'_t x_hat + sigma'_t eps_hat
+        with eps_hat the network's and x_hat = (z - sigma_t eps_hat) / alpha_t (derivatives by autodiff), for
+        :func:`gen_jax.diffusion.ode_log_likelihood`."""
+        variables = self._schedule_vars(params["schedule"])
+
+        def v(z, t):
+            lam, dlam = log_snr_and_derivative(self.schedule, variables, t)
+            (a, s), (da, ds) = jax.jvp(alpha_sigma, (lam,), (dlam,))
+            eps_hat = self.eps_hat(params["denoiser"], z, jnp.full(z.shape[:1], lam), label)
+            return da * (z - s * eps_hat) / a + ds * eps_hat
+
+        return v, 0.0, 1.0
+
     def reverse_process(self, params: Any, key: Array, n: int, *, num_steps: int = 256, deterministic: bool = False,
                         labels: Array | None = None, clip_x: float | None = None) -> Array:
         """Samples z_0 / alpha_0 in model space by ``num_steps`` reverse steps on the uniform grid of t

@@ -133,6 +133,11 @@ class FlowMatchingModel(Denoising):
         loss, metrics = self.objective(params, batch, rng, train=True)
         return loss, (metrics, model_state)
 
+    def probability_flow(self, params: Any, label: Array | None = None, t_min: float = 1e-3):
+        """``(v(z, t), t_min, 1)``: the learned velocity from (almost) the data to the noise, for
+        :func:`gen_jax.diffusion.ode_log_likelihood` (``t_min`` > 0 keeps clear of the data's singular end)."""
+        return (lambda z, t: self.velocity(params, z, jnp.full(z.shape[:1], t), label)), float(t_min), 1.0
+
     def reverse_process(self, params: Any, key: Array, n: int, *, num_steps: int = 100, solver: str = "heun",
                         labels: Array | None = None, t_min: float = 0.0, clip_x: float | None = None) -> Array:
         """Samples in model space: z_1 ~ N(0, I) integrated by dz/dt = v_theta(z, t) from t = 1 to ``t_min``
