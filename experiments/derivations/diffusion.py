@@ -37,7 +37,8 @@ from experiments.derivations.common import (
     mean_and_se,
 )
 from experiments.derivations import diffusion_continuous, flow_matching, ode_likelihood
-from experiments.derivations.diffusion_samplers import check_ddim_eta1_is_ddpm, check_exact_denoiser_recovers_data
+from experiments.derivations.diffusion_samplers import (check_ddim_eta1_is_ddpm, check_exact_denoiser_recovers_data,
+                                                       check_fast_samplers_recover_data)
 from experiments.derivations.diffusion_setting import (
     FAMILY,
     SCHEDULE_F32_TOL,
@@ -461,6 +462,7 @@ def checks(fast: bool) -> list[Callable[[], Check | Sequence[Check]]]:
                           num_keys=1000 if fast else 40_000),
         functools.partial(check_ddim_eta1_is_ddpm, n=n),
         functools.partial(check_exact_denoiser_recovers_data, n=n),
+        functools.partial(check_fast_samplers_recover_data, n=n),
         *diffusion_continuous.checks(fast),
         *flow_matching.checks(fast),
         *ode_likelihood.checks(fast),

@@ -293,6 +293,16 @@ class VariationalDiffusionModel(Denoising):
         return {"bits_per_dim": nll / (self.D * _LN2), "nll_nats": nll, "prior_nats": first["prior_nats"],
                 "decoder_nats": first["reconstruction_nats"], "diffusion_nats": diffusion, "diffusion_se_nats": se}
 
+    def data_predictor(self, params: Any, label: Array | None = None):
+        """``(x_hat(z, lambda), lambda(0), lambda(1))``: x_hat = (z - sigma eps_hat(z; lambda)) / alpha (fast samplers)."""
+        ends = self.log_snr(params, jnp.asarray([0.0, 1.0], jnp.float32))
+
+        def x_hat(z, lam):
+            a, s = alpha_sigma(lam)
+            return (z - s * self.eps_hat(params["denoiser"], z, jnp.full(z.shape[:1], lam), label)) / a
+
+        return x_hat, ends[0], ends[1]
+
     def probability_flow(self, params: Any, label: Array | None = None):
         """``(v(z, t), 0, 1)``: the probability-flow ODE of the noising process, v = alpha'_t x_hat + sigma'_t eps_hat
         with eps_hat the network's and x_hat = (z - sigma_t eps_hat) / alpha_t (derivatives by autodiff), for

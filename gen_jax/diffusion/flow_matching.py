@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from gen_jax.diffusion.log_snr import alpha_sigma, make_log_snr_schedule
 from gen_jax.diffusion.losses import to_model_space
 from gen_jax.diffusion.protocol import Denoising
+from gen_jax.diffusion.solvers import invert_decreasing
 from gen_jax.model import split_variables
 from gen_jax.ops import mean_except_batch
 
@@ -132,6 +133,28 @@ class FlowMatchingModel(Denoising):
     def loss(self, params: Any, model_state: dict, batch: dict, rng: Array) -> tuple[Array, tuple[dict, dict]]:
         loss, metrics = self.objective(params, batch, rng, train=True)
         return loss, (metrics, model_state)
+
+    def time_at(self, log_snr: Array) -> Array:
+        """The time t whose path has log-SNR log(alpha_t^2 / sigma_t^2) = ``log_snr``."""
+        if self.path == "linear":  # lambda = 2 log((1 - t) / t)
+            return jax.nn.sigmoid(-0.5 * jnp.asarray(log_snr, jnp.float32))
+        return invert_decreasing(lambda t: self.schedule.apply({}, t), log_snr)
+
+    def data_predictor(self, params: Any, label: Array | None = None, t_min: float = 1e-3):
+        """``(x_hat(z, lambda), lambda(t_min), lambda(1 - t_min))`` for z on the variance-preserving scale
+        (z = alpha x + sigma eps with alpha^2 + sigma^2 = 1, as the fast samplers take it): rescaled to the path's
+        z_t = (alpha_t / alpha) z at the time t of that log-SNR, and from v = alpha'_t x + sigma'_t eps,
+        x_hat = (sigma'_t z_t - sigma_t v) / (sigma'_t alpha_t - sigma_t alpha'_t)."""
+        def x_hat(z, lam):
+            t = self.time_at(lam)
+            a, s, da, ds = self.coefficients(t)
+            z_t = z * (a / alpha_sigma(lam)[0])
+            v = self.velocity(params, z_t, jnp.full(z.shape[:1], t), label)
+            return (ds * z_t - s * v) / (ds * a - s * da)
+
+        ends = [jnp.log(jnp.square(a / s)) for a, s, _, _ in [self.coefficients(jnp.float32(t_min)),
+                                                              self.coefficients(jnp.float32(1 - t_min))]]
+        return x_hat, ends[0], ends[1]
 
     def probability_flow(self, params: Any, label: Array | None = None, t_min: float = 1e-3):
         """``(v(z, t), t_min, 1)``: the learned velocity from (almost) the data to the noise, for

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gen_jax.diffusion.losses import (PARAMETERIZATIONS, WEIGHTINGS, denoising_loss, make_denoise_fn,
                                       to_model_space, variational_bound)
+from gen_jax.diffusion.log_snr import alpha_sigma
 from gen_jax.diffusion.process import q_sample
 from gen_jax.diffusion.samplers import ddim_sample, ddpm_sample
 from gen_jax.diffusion.schedules import NoiseSchedule
@@ -55,7 +56,13 @@ class Denoising:
         return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0) if self.is_image else x
 
     def sample(self, params: Any, key: Array, n: int, **options) -> Array:
-        """``n`` samples in data space; ``options`` as in :meth:`reverse_process` (without ``trajectory``)."""
+        """``n`` samples in data space; ``options`` as in :meth:`reverse_process` (without ``trajectory``), or
+        ``sampler`` 'dpm_solver_pp_2m' / 'edm_heun' with ``num_steps``, ``labels``, ``clip_x``
+        (:func:`gen_jax.diffusion.fast_sample`)."""
+        from gen_jax.diffusion.solvers import FAST_SAMPLERS, fast_sample
+
+        if options.get("sampler") in FAST_SAMPLERS:
+            return self.to_data(fast_sample(self, params, key, n, **options))
         return self.to_data(self.reverse_process(params, key, n, **options))
 
 
@@ -151,6 +158,22 @@ class DiffusionModel(Denoising):
             return ddim_sample(self.apply_fn, params, self.schedule, key, shape, num_steps=int(ddim_steps),
                                eta=float(ddim_eta), spacing=ddim_spacing, **common)
         raise ValueError(f"sampler must be 'ddpm' or 'ddim'; got {sampler!r}")
+
+    def data_predictor(self, params: Any, label: Array | None = None):
+        """``(x_hat(z, lambda), lambda_1, lambda_T)``: the network's data prediction at any log-SNR between the
+        schedule's, at the fractional timestep whose interpolated log-SNR is lambda (for the fast samplers)."""
+        lam_table = self.schedule.log_snr  # [T], decreasing in t
+        steps = jnp.arange(1, self.schedule.num_timesteps + 1, dtype=jnp.float32)
+
+        def x_hat(z, lam):
+            tau = jnp.interp(-lam, -lam_table, steps)
+            out = self.apply_fn(params, z, jnp.full(z.shape[:1], tau), label)
+            a, s = alpha_sigma(lam)
+            if self.parameterization == "eps":
+                return (z - s * out) / a
+            return out if self.parameterization == "x0" else a * z - s * out
+
+        return x_hat, lam_table[0], lam_table[-1]
 
     def bound(self, params: Any, x: Array, key: Array, *, label: Array | None = None, variance: str = "large",
               t_chunk: int = 1) -> dict[str, Array]:
