@@ -1,0 +1,121 @@
+"""Samplers of a trained diffusion or flow-matching run: cost (network calls, seconds per sample) against quality.
+
+    python -m experiments.samplers --config ddpm_toy --workdir runs/ddpm_toy \\
+        --samplers ddpm:1000,ddim:50,dpm_solver_pp_2m:10,dpm_solver_pp_2m:20,edm_heun:10,edm_heun:18
+
+restores the run's newest checkpoint (its evaluation parameters, the EMA), draws ``--n`` samples with each
+``sampler:steps`` from the same key and scores them with the run's sample evaluators (toy: mode coverage and
+the Frechet distance in the plane; images: the Frechet distance in the small classifier's features). Writes
+``samplers.md`` and ``samplers.json`` in the workdir. Samplers: ``ddpm``, ``ddim`` (DDPM models), ``ancestral``
+(VDM), ``heun``/``euler`` (flow matching ODE), and for every model ``dpm_solver_pp_2m`` and ``edm_heun``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import cli
+from experiments.evaluators.samples import FrechetDistance, ModeCoverage
+from experiments.run import prepare
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "The run's config (a name in experiments/configs or a path).",
+                                lock_config=False)
+flags.DEFINE_string("workdir", None, "The trained run's workdir.")
+flags.DEFINE_string("samplers", "dpm_solver_pp_2m:10,dpm_solver_pp_2m:20,edm_heun:10,edm_heun:18",
+                    "Comma-separated sampler:steps.")
+flags.DEFINE_integer("n", 2000, "Samples per sampler.")
+flags.DEFINE_integer("seed", 0, "Key of the samples.")
+
+
+def sampler_options(model, sampler: str, steps: int, base: dict) -> tuple[dict, int]:
+    """``model.sample`` options of ``sampler`` with ``steps``, and its number of network calls."""
+    from gen_jax.diffusion import FAST_SAMPLERS
+
+    clip = {k: base[k] for k in ("clip_x", "clip_x0") if k in base}
+    if sampler in FAST_SAMPLERS:
+        nfe = steps if sampler == "dpm_solver_pp_2m" else 2 * steps - 1
+        return {"sampler": sampler, "num_steps": steps, **({"clip_x": clip.get("clip_x", clip.get("clip_x0"))}
+                                                            if clip else {})}, nfe
+    if sampler in ("ddpm", "ddim"):  # DDPM models (DDIM: eta = 0)
+        opts = {k: v for k, v in base.items() if k != "sampler"}
+        opts.update(sampler=sampler, ddim_steps=steps)
+        return opts, steps
+    if sampler == "ancestral":  # VDM
+        return {**base, "num_steps": steps, "deterministic": False}, steps
+    if sampler in ("heun", "euler"):  # flow matching
+        return {**base, "num_steps": steps, "solver": sampler}, (2 * steps if sampler == "heun" else steps)
+    raise ValueError(f"unknown sampler {sampler!r}")
+
+
+def compare(config, workdir: str, specs: list[tuple[str, int]], n: int, seed: int, log=print) -> list[dict]:
+    p = prepare(config, workdir)
+    if p.resumed_from is None:
+        raise ValueError(f"{workdir} has no checkpoint to sample from; train it first")
+    ctx = p.seeds.update(p.ctx, p.state)
+    model, params = ctx.model, ctx.params[0]
+    scorers = [FrechetDistance(config.eval, ctx)]
+    if p.data.kind == "toy":
+        scorers.insert(0, ModeCoverage(config.eval, ctx))
+    rows = []
+    for sampler, steps in specs:
+        options, nfe = sampler_options(model, sampler, steps, ctx.sample_options)
+        key = jax.random.key(seed)
+        t0 = time.perf_counter()
+        x = np.asarray(jax.device_get(model.sample(params, key, n, **options)))
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x = np.asarray(jax.device_get(model.sample(params, key, n, **options)))
+        seconds = time.perf_counter() - t0
+        row = {"sampler": sampler, "steps": steps, "nfe": nfe, "n": n, "seconds": seconds, "first_call_s": first,
+               "ms_per_sample": 1e3 * seconds / n}
+        for scorer in scorers:
+            row.update(scorer(params, jax.random.key(seed + 1), x))
+        if log:
+            log(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
+def write(rows: list[dict], workdir: str, title: str) -> str:
+    keys = [k for k in rows[0] if k not in ("sampler", "steps", "nfe", "n", "first_call_s", "seconds")]
+    lines = [f"# Samplers: {title}", "", "| sampler | steps | network calls | n | s | " + " | ".join(keys) + " |",
+             "| --- " * (5 + len(keys)) + "|"]
+    for r in rows:
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['n']} | {r['seconds']:.3g} | "
+                     + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    path = os.path.join(workdir, "samplers.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(workdir, "samplers.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    return path
+
+
+def main(argv):
+    del argv
+    from gen_jax.train import configure_xla_cpu
+
+    configure_xla_cpu()  # before the first JAX computation
+    specs = []
+    for item in FLAGS.samplers.split(","):
+        name, _, steps = item.strip().partition(":")
+        if not steps.isdigit():
+            raise cli.UsageError(f"--samplers expects sampler:steps items, got {item!r}")
+        specs.append((name, int(steps)))
+    rows = compare(FLAGS.config, FLAGS.workdir, specs, FLAGS.n, FLAGS.seed)
+    print(write(rows, FLAGS.workdir, f"{FLAGS.config.data.name}, {FLAGS.workdir}"))
+
+
+if __name__ == "__main__":
+    sys.argv = cli.prepare_argv(sys.argv)
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
