@@ -243,11 +243,11 @@ def _samplers(by: Records) -> list[str]:
     if not by("sampler"):
         return []
     return ["## Sampling (compiled `lax.scan` samplers)", "",
-            "ratio = sampler time / (steps x one jitted denoiser call at the same batch); "
-            "no-network = the same sampler with a denoiser that returns 0 (noise draws, posterior "
-            "arithmetic and the scan alone); first call includes compilation.", "",
-            *_table(["config", "sampler", "steps", "n", "sample s", "first call s", "one denoiser call ms",
-                     "steps x call s", "ratio", "no-network s"],
+            "ratio = sampler time / (network calls x one jitted call of the network (as a data predictor) at the "
+            "same batch); no-network = the same DDPM/DDIM sampler with a denoiser that returns 0 (noise draws, "
+            "posterior arithmetic and the scan alone); first call includes compilation.", "",
+            *_table(["config", "sampler", "network calls", "n", "sample s", "first call s", "one call ms",
+                     "calls x call s", "ratio", "no-network s"],
                     [[r["config"], r["sampler"], str(r["steps"]), str(r["n"]), _fmt(r["median_s"]),
                       _fmt(r["first_call_s"]), _ms(r["denoiser_call_s"]), _fmt(r["steps_x_call_s"]),
                       f"{r['overhead_ratio']:.2f}", _fmt(r.get("no_network_s"))] for r in by("sampler")]), ""]

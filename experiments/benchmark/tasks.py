@@ -148,13 +148,3 @@ def replicated(config, batch_size: int, k: int) -> tuple[Callable, Callable, str
     the engine's step vmapped over a leading seed axis, for every family)."""
     task, _ = load(config, batch_size, num_seeds=k)
     return init_fn(task), train_step(task), "config.num_seeds"
-
-
-def diffusion_parts(config):
-    """``(apply_fn, params, schedule, example_shape)`` of a diffusion config: its
-    :class:`gen_jax.diffusion.DiffusionModel`'s denoiser and schedule, and freshly initialised
-    evaluation (EMA) parameters."""
-    task, data = load(config, 16)
-    state = init_fn(task)(jax.random.key(0))
-    model = task.model
-    return model.apply_fn, state.eval_params, model.schedule, tuple(data.shape)

@@ -119,12 +119,21 @@ def fast_sample(model, params, key: Array, n: int, sampler: str = "dpm_solver_pp
         raise ValueError(f"fast sampler must be one of {FAST_SAMPLERS}; got {sampler!r}")
     if model.num_classes is not None and labels is None:
         labels = jnp.arange(n, dtype=jnp.int32) % model.num_classes
+    # compiled once per model and (sampler, num_steps, n, clip_x), cached on the model (models holding arrays,
+    # such as a DDPM's schedule, are not hashable, so the model cannot be a static argument)
+    cache = model.__dict__.setdefault("_fast_sample_cache", {})
+    spec = (sampler, int(num_steps), int(n), None if clip_x is None else float(clip_x))
+    if spec not in cache:
+        cache[spec] = jax.jit(functools.partial(_fast_sample, model, *spec))
+    return cache[spec](params, key, labels)
+
+
+def _fast_sample(model, sampler, num_steps, n, clip_x, params, key, labels):
     x_hat, lmax, lmin = model.data_predictor(params, labels)
     if clip_x is not None:
         x_hat = _clipped(x_hat, clip_x)
-    shape = (n, *model.data_shape)
     fn = dpm_solver_pp_2m if sampler == "dpm_solver_pp_2m" else edm_heun
-    return fn(x_hat, key, shape, lmax, lmin, num_steps=int(num_steps))
+    return fn(x_hat, key, (n, *model.data_shape), lmax, lmin, num_steps=num_steps)
 
 
 def _clipped(x_hat: DataPredictor, c: float) -> DataPredictor:
