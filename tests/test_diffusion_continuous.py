@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion_test_utils import train_on_ring8
 from experiments.derivations.diffusion_continuous import LMAX, LMIN, GaussianDenoiser, gaussian_terms
 from gen_jax import diffusion
 from gen_jax.diffusion import (NoiseSchedule, VariationalDiffusionModel, log_snr_and_derivative, make_log_snr_schedule,
@@ -140,18 +141,7 @@ def test_unet_fourier_features_widen_only_the_input_convolution():
 
 
 def test_vdm_training_lowers_the_bound_on_toy_data():
-    from gen_jax.data import get_toy
-    from gen_jax.train import TrainState, make_optimizer, make_train_step
-
     model = VariationalDiffusionModel(diffusion.MLPDenoiser(hidden=64, num_blocks=2, time_dim=16),
                                       make_log_snr_schedule("learned", 10.0, -5.0, hidden=16), (2,))
-    params, model_state = model.init(jax.random.key(0))
-    state = TrainState.create(params=params, tx=make_optimizer(learning_rate=2e-3), key=jax.random.key(1),
-                              model_state=model_state)
-    step = make_train_step(model.loss)
-    toy = get_toy("ring8")
-    losses = []
-    for i in range(200):
-        state, m = step(state, {"x": toy.sample(jax.random.key(100 + i), 256)})
-        losses.append(float(m["nll_nats"]))
+    _, losses, _ = train_on_ring8(model, 200, "nll_nats")
     assert np.mean(losses[-30:]) < np.mean(losses[:30]) - 1.0, (np.mean(losses[:30]), np.mean(losses[-30:]))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion_test_utils import train_on_ring8
 from gen_jax import diffusion
 from gen_jax.diffusion import FlowMatchingModel
 
@@ -69,19 +70,8 @@ def test_validation():
 
 
 def test_flow_matching_lowers_its_loss_and_samples_near_the_data():
-    from gen_jax.data import get_toy
-    from gen_jax.train import TrainState, make_optimizer, make_train_step
-
     model = FlowMatchingModel(diffusion.MLPDenoiser(hidden=64, num_blocks=2, time_dim=16), (2,), path="linear")
-    params, model_state = model.init(jax.random.key(0))
-    state = TrainState.create(params=params, tx=make_optimizer(learning_rate=2e-3), key=jax.random.key(1),
-                              model_state=model_state)
-    step = make_train_step(model.loss)
-    toy = get_toy("ring8")
-    losses = []
-    for i in range(300):
-        state, m = step(state, {"x": toy.sample(jax.random.key(100 + i), 256)})
-        losses.append(float(m["loss"]))
+    state, losses, toy = train_on_ring8(model, 300, "loss")
     assert np.mean(losses[-30:]) < 0.8 * np.mean(losses[:30]), (np.mean(losses[:30]), np.mean(losses[-30:]))
     x = model.sample(state.params, jax.random.key(2), 1000, num_steps=50)
     # held-out log-density of the samples under the data distribution: far above that of the noise they started from
