@@ -28,6 +28,7 @@ def test_dequantized_bits_per_dim_of_a_static_field_is_the_prior_density_of_the_
     np.testing.assert_allclose(out["delta_log_prob"], 0.0, atol=1e-6)
 
 
+@pytest.mark.slow  # 13 ODE solves; the divergence estimate's unbiasedness is a derivation check (fast report)
 def test_hutchinson_likelihood_averages_to_the_exact_one():
     model = diffusion.FlowMatchingModel(MixtureVelocity("linear"), (2,), path="linear")
     params, _ = model.init(jax.random.key(0))
