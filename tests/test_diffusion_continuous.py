@@ -140,6 +140,7 @@ def test_unet_fourier_features_widen_only_the_input_convolution():
     assert jax.tree_util.tree_map(lambda a: a.shape, rest(p0)) == jax.tree_util.tree_map(lambda a: a.shape, rest(p1))
 
 
+@pytest.mark.slow  # 200 steps; the vdm_toy smoke run trains VDM end to end in the default suite
 def test_vdm_training_lowers_the_bound_on_toy_data():
     model = VariationalDiffusionModel(diffusion.MLPDenoiser(hidden=64, num_blocks=2, time_dim=16),
                                       make_log_snr_schedule("learned", 10.0, -5.0, hidden=16), (2,))

@@ -3,11 +3,14 @@
 import json
 import os
 
+import pytest
+
 from experiments import samplers
 from experiments.configs import ddpm_toy
 from experiments.run import train_and_evaluate
 
 
+@pytest.mark.slow  # trains a smoke run, then compiles five samplers
 def test_sampler_table_of_a_trained_run(tmp_path):
     config = ddpm_toy.get_config("smoke")
     wd = str(tmp_path)
