@@ -7,7 +7,8 @@ restores the run's newest checkpoint (its evaluation parameters, the EMA), draws
 ``sampler:steps`` from the same key and scores them with the run's sample evaluators (toy: mode coverage and
 the Frechet distance in the plane; images: the Frechet distance in the small classifier's features). Writes
 ``samplers.md`` and ``samplers.json`` in the workdir. Samplers: ``ddpm``, ``ddim`` (DDPM models), ``ancestral``
-(VDM), ``heun``/``euler`` (flow matching ODE), and for every model ``dpm_solver_pp_2m`` and ``edm_heun``.
+(VDM), ``heun``/``euler`` (flow matching ODE), and for every model ``dpm_solver_pp_2m`` and ``edm_heun``
+(``edm_heun:steps:churn``: EDM's stochastic sampler with S_churn = churn).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
+from experiments.configs.common import image_frechet_eval
 from experiments.evaluators.samples import FrechetDistance, ModeCoverage
 from experiments.run import prepare
 
@@ -34,17 +36,23 @@ flags.DEFINE_string("samplers", "dpm_solver_pp_2m:10,dpm_solver_pp_2m:20,edm_heu
                     "Comma-separated sampler:steps.")
 flags.DEFINE_integer("n", 2000, "Samples per sampler.")
 flags.DEFINE_integer("seed", 0, "Key of the samples.")
+flags.DEFINE_bool("timed_repeat", True, "Time each sampler on a second, compiled call (the first call compiles); "
+                  "--notimed_repeat draws once and reports that call's seconds, compilation included (for samplers "
+                  "so slow that compilation is noise, e.g. 1000-step DDPM on a U-Net).")
 
 
-def sampler_options(model, sampler: str, steps: int, base: dict) -> tuple[dict, int]:
-    """``model.sample`` options of ``sampler`` with ``steps``, and its number of network calls."""
+def sampler_options(model, sampler: str, steps: int, base: dict, churn: float = 0.0) -> tuple[dict, int]:
+    """``model.sample`` options of ``sampler`` with ``steps`` (``churn``: EDM's S_churn, 'edm_heun' only), and its
+    number of network calls."""
     from gen_jax.diffusion import FAST_SAMPLERS
 
+    if churn and sampler != "edm_heun":
+        raise ValueError(f"a churn (sampler:steps:churn) is an option of edm_heun only; got {sampler!r}")
     clip = {k: base[k] for k in ("clip_x", "clip_x0") if k in base}
     if sampler in FAST_SAMPLERS:
         nfe = steps if sampler == "dpm_solver_pp_2m" else 2 * steps - 1
-        return {"sampler": sampler, "num_steps": steps, **({"clip_x": clip.get("clip_x", clip.get("clip_x0"))}
-                                                            if clip else {})}, nfe
+        return {"sampler": sampler, "num_steps": steps, **({"churn": churn} if churn else {}),
+                **({"clip_x": clip.get("clip_x", clip.get("clip_x0"))} if clip else {})}, nfe
     if sampler in ("ddpm", "ddim"):  # DDPM models (DDIM: eta = 0)
         opts = {k: v for k, v in base.items() if k != "sampler"}
         opts.update(sampler=sampler, ddim_steps=steps)
@@ -56,25 +64,35 @@ def sampler_options(model, sampler: str, steps: int, base: dict) -> tuple[dict, 
     raise ValueError(f"unknown sampler {sampler!r}")
 
 
-def compare(config, workdir: str, specs: list[tuple[str, int]], n: int, seed: int, log=print) -> list[dict]:
+def compare(config, workdir: str, specs: list[tuple], n: int, seed: int, log=print,
+            timed_repeat: bool = True) -> list[dict]:
+    """One row per ``(sampler, steps)`` or ``(sampler, steps, churn)`` of ``specs`` (see the module docstring)."""
     p = prepare(config, workdir)
     if p.resumed_from is None:
         raise ValueError(f"{workdir} has no checkpoint to sample from; train it first")
+    if p.data.kind == "image" and "fd_num_samples" not in config.eval:  # a config without the frechet evaluator
+        with config.unlocked():
+            image_frechet_eval(config, num_samples=n)
+            config.eval.classifier_path = os.path.join(workdir, "classifier.msgpack")
     ctx = p.seeds.update(p.ctx, p.state)
     model, params = ctx.model, ctx.params[0]
     scorers = [FrechetDistance(config.eval, ctx)]
     if p.data.kind == "toy":
         scorers.insert(0, ModeCoverage(config.eval, ctx))
     rows = []
-    for sampler, steps in specs:
-        options, nfe = sampler_options(model, sampler, steps, ctx.sample_options)
+    for sampler, steps, *rest in specs:
+        churn = float(rest[0]) if rest else 0.0
+        options, nfe = sampler_options(model, sampler, steps, ctx.sample_options, churn)
+        if churn:
+            sampler = f"{sampler} (churn {churn:g})"
         key = jax.random.key(seed)
         t0 = time.perf_counter()
         x = np.asarray(jax.device_get(model.sample(params, key, n, **options)))
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        x = np.asarray(jax.device_get(model.sample(params, key, n, **options)))
-        seconds = time.perf_counter() - t0
+        first = seconds = time.perf_counter() - t0
+        if timed_repeat:
+            t0 = time.perf_counter()
+            x = np.asarray(jax.device_get(model.sample(params, key, n, **options)))
+            seconds = time.perf_counter() - t0
         row = {"sampler": sampler, "steps": steps, "nfe": nfe, "n": n, "seconds": seconds, "first_call_s": first,
                "ms_per_sample": 1e3 * seconds / n}
         for scorer in scorers:
@@ -107,11 +125,15 @@ def main(argv):
     configure_xla_cpu()  # before the first JAX computation
     specs = []
     for item in FLAGS.samplers.split(","):
-        name, _, steps = item.strip().partition(":")
-        if not steps.isdigit():
-            raise cli.UsageError(f"--samplers expects sampler:steps items, got {item!r}")
-        specs.append((name, int(steps)))
-    rows = compare(FLAGS.config, FLAGS.workdir, specs, FLAGS.n, FLAGS.seed)
+        name, steps, *churn = item.strip().split(":")
+        try:
+            specs.append((name, int(steps), *(float(c) for c in churn[:1])))
+        except ValueError:
+            raise cli.UsageError(f"--samplers expects sampler:steps (or edm_heun:steps:churn) items, got {item!r}") \
+                from None
+        if len(churn) > 1 or int(steps) < 1:
+            raise cli.UsageError(f"--samplers expects sampler:steps (or edm_heun:steps:churn) items, got {item!r}")
+    rows = compare(FLAGS.config, FLAGS.workdir, specs, FLAGS.n, FLAGS.seed, timed_repeat=FLAGS.timed_repeat)
     print(write(rows, FLAGS.workdir, f"{FLAGS.config.data.name}, {FLAGS.workdir}"))
 
 

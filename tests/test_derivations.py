@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.derivations import common, diffusion, diffusion_continuous, flow, flow_matching, gan, report, vae
+from experiments.derivations import (common, diffusion, diffusion_continuous, flow, flow_matching, gan, ode_likelihood,
+                                     report, vae)
 from experiments.derivations.__main__ import main
 from gen_jax import diffusion as gen_diffusion
 from gen_jax import flows
@@ -173,6 +174,23 @@ def test_flow_matching_gradient_check_fails_for_a_wrong_target():
         assert flow_matching.check_conditional_gradient_is_marginal(2000, "linear").passed
         assert not flow_matching.check_conditional_gradient_is_marginal(2000, "linear",
                                                                        target_fn=target_is_the_point).passed
+
+
+def _reverse_sde_drift_as_an_ode(model, params):
+    """f - g^2 score (the reverse SDE's drift) where the probability flow has f - g^2 score / 2."""
+    v, t0, t1 = model.probability_flow(params)
+    _, lam0, lam1 = model.data_predictor(params)
+
+    def drift(z, t):
+        lam = lam0 + (lam1 - lam0) * t
+        (a, _), (da, _) = jax.jvp(gen_diffusion.alpha_sigma, (lam,), (jnp.asarray(lam1 - lam0, lam.dtype),))
+        return 2.0 * v(z, t) - da / a * z
+
+    return drift, t0, t1
+
+
+def test_ode_likelihood_check_fails_for_the_reverse_sde_drift():
+    assert not ode_likelihood.check_ddpm_probability_flow_likelihood_is_exact(16, _reverse_sde_drift_as_an_ode).passed
 
 
 # --------------------------------------------------------------------------------------- CLI

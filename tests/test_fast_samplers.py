@@ -3,33 +3,21 @@ network is exact (eps, x0 and v parameterisations, VDM, flow matching on both pa
 second order on Gaussian data, and models sample through them. (Mode coverage and within-mode spread against
 1000-step DDPM: experiments/derivations/diffusion_samplers.py, run by tests/test_derivations.py.)"""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments.derivations.diffusion_continuous import LMAX, LMIN, MixtureDenoiser
-from experiments.derivations.diffusion_samplers import mixture_data_predictor
+from experiments.derivations.diffusion_samplers import ExactDDPMNet as _ExactDDPMNet, mixture_data_predictor
 from experiments.derivations.flow_matching import MixtureVelocity
 from gen_jax import diffusion
 
 SCHED = diffusion.NoiseSchedule.linear(1000)  # log-SNR from 9.2 (t = 1) to -10.1 (t = T)
 
 
-class ExactDDPMNet(nn.Module):
-    """The mixture's exact eps / x0 / v at the (fractional) DDPM timestep tau: log-SNR interpolated as the models do."""
-
-    parameterization: str
-
-    @nn.compact
-    def __call__(self, z, t, label=None, train=False):
-        self.param("unused", nn.initializers.zeros, ())
-        lam = jnp.interp(jnp.asarray(t, jnp.float32), jnp.arange(1, 1001, dtype=jnp.float32), SCHED.log_snr)
-        x0 = jax.vmap(mixture_data_predictor)(z[:, None], lam)[:, 0]
-        a, s = diffusion.alpha_sigma(lam[:, None])
-        eps = (z - a * x0) / s
-        return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[self.parameterization]
+def ExactDDPMNet(parameterization):  # noqa: N802 - the derivations' exact network on this schedule
+    return _ExactDDPMNet(parameterization, SCHED)
 
 
 def _check_predictor(model, params, lams):
@@ -57,13 +45,16 @@ def test_vdm_and_flow_matching_data_predictors_are_exact():
         _check_predictor(fm, fm.init(jax.random.key(0))[0], [-4.0, 0.3, 5.0])
 
 
+S = 0.5  # Gaussian data x ~ N(0, S^2)
+
+
+def gaussian_x_hat(z, lam):  # E[x | z]
+    a2, s2 = jax.nn.sigmoid(lam), jax.nn.sigmoid(-lam)
+    return jnp.sqrt(a2) * S ** 2 * z / (a2 * S ** 2 + s2)
+
+
 def test_solvers_converge_at_second_order_on_gaussian_data():
-    s = 0.5
-
-    def x_hat(z, lam):  # E[x | z] for x ~ N(0, s^2)
-        a2, s2 = jax.nn.sigmoid(lam), jax.nn.sigmoid(-lam)
-        return jnp.sqrt(a2) * s ** 2 * z / (a2 * s ** 2 + s2)
-
+    s, x_hat = S, gaussian_x_hat
     z = jax.random.normal(jax.random.key(0), (256, 1))
     # the deterministic maps are linear in the initial noise: each solver's output is c_N z; the exact map is s z
     for fn in (diffusion.dpm_solver_pp_2m, diffusion.edm_heun):
@@ -72,11 +63,35 @@ def test_solvers_converge_at_second_order_on_gaussian_data():
         assert 3.0 < errs[0] / errs[1] < 5.5 and 3.0 < errs[1] / errs[2] < 5.5, (fn.__name__, errs)
 
 
+def test_edm_stochastic_sampler_samples_the_data_with_fresh_noise():
+    n, key = 20_000, jax.random.key(3)
+    z = jax.random.normal(key, (n, 1))  # the sampler's initial noise (drawn from the same key)
+    det = diffusion.edm_heun(gaussian_x_hat, key, (n, 1), 9.0, -10.0, num_steps=32)
+    # the deterministic sampler is a linear map of the initial noise (about S z here); churn adds noise along
+    # the way, so the output is no longer a function of it
+    assert abs(float(jnp.corrcoef(det[:, 0], z[:, 0])[0, 1]) - 1.0) < 1e-4
+    assert abs(float(jnp.mean(det / z)) - S) < 0.01  # 32 Heun levels: 1.7 % off (second order: the test above)
+    err = {}
+    for steps in (32, 256):  # the largest churn (gamma = sqrt 2 - 1 at every level): first order in the steps
+        sto = diffusion.edm_heun(gaussian_x_hat, key, (n, 1), 9.0, -10.0, num_steps=steps, churn=2.0 * steps)
+        assert abs(float(jnp.corrcoef(sto[:, 0], z[:, 0])[0, 1])) < 0.05
+        err[steps] = abs(float(jnp.std(sto)) - S)
+        assert abs(float(jnp.mean(sto))) < 0.015  # 4 standard errors
+    # the sample's std converges to S (its standard error: S / sqrt(2 n) = 0.0025)
+    assert err[256] < 0.01 and err[256] < err[32], err
+    with pytest.raises(ValueError, match="churn must be"):
+        diffusion.edm_heun(gaussian_x_hat, key, (2, 1), 9.0, -10.0, churn=-1.0)
+
+
 def test_models_sample_through_the_fast_samplers():
     model = diffusion.DiffusionModel(diffusion.MLPDenoiser(hidden=16, num_blocks=1, time_dim=8), SCHED, (2,))
     params, _ = model.init(jax.random.key(0))
     for sampler in diffusion.FAST_SAMPLERS:
         x = model.sample(params, jax.random.key(1), 8, sampler=sampler, num_steps=5)
         assert x.shape == (8, 2) and bool(jnp.all(jnp.isfinite(x)))
+    x = model.sample(params, jax.random.key(1), 8, sampler="edm_heun", num_steps=5, churn=10.0)
+    assert x.shape == (8, 2) and bool(jnp.all(jnp.isfinite(x)))
+    with pytest.raises(ValueError, match="churn is an option of 'edm_heun'"):
+        model.sample(params, jax.random.key(1), 8, sampler="dpm_solver_pp_2m", num_steps=5, churn=10.0)
     with pytest.raises(ValueError, match="num_steps must be"):
         diffusion.edm_heun(lambda z, lam: z, jax.random.key(0), (2, 2), 5.0, -5.0, num_steps=1)

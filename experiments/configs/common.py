@@ -10,7 +10,8 @@ from ml_collections import config_dict
 # experiments/figures). 'frechet' on images needs labels (its feature classifier): dropped without them.
 EVALUATORS = {
     ("flow", "toy"): ("nll", "modes"), ("flow", "points"): ("nll",), ("flow", "image"): ("nll",),
-    ("diffusion", "toy"): ("bound", "modes"), ("diffusion", "points"): ("bound",), ("diffusion", "image"): ("bound",),
+    ("diffusion", "toy"): ("bound", "modes", "ode_nll"), ("diffusion", "points"): ("bound", "ode_nll"),
+    ("diffusion", "image"): ("bound",),
     ("vae", "toy"): ("importance_nll", "modes"), ("vae", "points"): ("importance_nll",),
     ("vae", "image"): ("importance_nll",),
     ("gan", "toy"): ("modes", "frechet"), ("gan", "points"): ("frechet",), ("gan", "image"): ("frechet",),

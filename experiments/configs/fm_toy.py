@@ -30,7 +30,6 @@ def get_config(arg=None):
     fm_objective(c)
     c.eval.sample_steps = 50 if arg != "smoke" else 4
     c.eval.evaluators = ("modes", "ode_nll")
-    c.eval.ode_examples = 2000 if arg != "smoke" else 16  # held-out points for the ODE log-likelihood
     c.eval.figures = ()
     if arg not in (None, "smoke"):
         raise ValueError(f"fm_toy: unknown config argument {arg!r}; expected 'smoke' or nothing.")

@@ -27,8 +27,6 @@ def get_config(arg=None):
     c.eval.sample_steps = 256 if arg != "smoke" else 8
     c.eval.bound_num_times = 64 if arg != "smoke" else 4
     c.eval.figures = ("log_snr",)
-    c.eval.evaluators = ("bound", "modes", "ode_nll")
-    c.eval.ode_examples = 2000 if arg != "smoke" else 16
     if arg not in (None, "smoke"):
         raise ValueError(f"vdm_toy: unknown config argument {arg!r}; expected 'smoke' or nothing.")
     return c

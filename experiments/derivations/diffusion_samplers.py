@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,6 +154,25 @@ def mixture_data_predictor(z: jax.Array, lam: jax.Array) -> jax.Array:
     mix = jax.tree.map(lambda v: jnp.asarray(v, z.dtype), {"means": MEANS, "stds": STDS, "log_w": np.log(WEIGHTS)})
     lam = jnp.full(z.shape[:1], lam, z.dtype)
     return mixture_posterior(mix, z, jax.nn.sigmoid(lam), jax.nn.sigmoid(-lam))[0]
+
+
+class ExactDDPMNet(nn.Module):
+    """The mixture's exact eps / x0 / v at the (fractional) timestep tau of a DDPM ``schedule``, its log-SNR
+    interpolated between the integer timesteps as :meth:`gen_jax.diffusion.DiffusionModel.data_predictor` does
+    (one unused parameter)."""
+
+    parameterization: str
+    schedule: diffusion.NoiseSchedule
+
+    @nn.compact
+    def __call__(self, z, t, label=None, train=False):
+        self.param("unused", nn.initializers.zeros, ())
+        T = self.schedule.num_timesteps
+        lam = jnp.interp(jnp.asarray(t, jnp.float32), jnp.arange(1, T + 1, dtype=jnp.float32), self.schedule.log_snr)
+        x0 = jax.vmap(mixture_data_predictor)(z[:, None], lam)[:, 0]
+        a, s = diffusion.alpha_sigma(lam[:, None])
+        eps = (z - a * x0) / s
+        return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[self.parameterization]
 
 
 def mode_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

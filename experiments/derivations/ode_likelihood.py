@@ -1,6 +1,7 @@
 """The probability-flow ODE's log-likelihood: the instantaneous change of variables against a normalizing flow's
 log-determinant, and the exact log-density of the mixture's noised marginals recovered to solver tolerance, for a
-flow-matching field and for a diffusion model's probability flow; Hutchinson's estimator is unbiased.
+flow-matching field and for diffusion models' probability flows (VDM's continuous time, DDPM's T = 1000 steps);
+Hutchinson's estimator is unbiased.
 
 For z_t = alpha_t x + sigma_t eps and mixture data, every marginal p_t is a mixture of Gaussians in closed form
 (means alpha_t mu_k, variances alpha_t^2 s_k^2 + sigma_t^2), so both ends of the ODE have exact densities.
@@ -19,6 +20,7 @@ import scipy.special
 
 from experiments.derivations.common import Check, Z, compare, mean_and_se
 from experiments.derivations.diffusion_continuous import LMAX, LMIN, MixtureDenoiser, mixture_samples
+from experiments.derivations.diffusion_samplers import ExactDDPMNet
 from experiments.derivations.diffusion_setting import FAMILY, MEANS, STDS, WEIGHTS
 from experiments.derivations.flow_matching import MixtureVelocity
 from gen_jax import diffusion, flows
@@ -93,6 +95,20 @@ def check_vdm_probability_flow_likelihood_is_exact(n: int = 64) -> Check:
                              "log-density (mixture, VDM schedule)", flow, x, a(LMAX), a(LMIN))
 
 
+def check_ddpm_probability_flow_likelihood_is_exact(n: int = 64, flow_fn=None) -> Check:
+    """``flow_fn(model, params)`` (default: the model's ``probability_flow``) gives the field checked."""
+    schedule = diffusion.NoiseSchedule.linear(1000)
+    model = diffusion.DiffusionModel(ExactDDPMNet("eps", schedule), schedule, (2,))
+    params, _ = model.init(jax.random.key(0))
+    x, _ = mixture_samples(n, seed=7)
+    lam = np.asarray(schedule.log_snr, np.float64)
+    a = lambda lam: (float(scipy.special.expit(lam)) ** 0.5, float(scipy.special.expit(-lam)) ** 0.5)  # noqa: E731
+    return _exact_ends_check("ode_nll_exact_ddpm", "A discrete DDPM's probability-flow log-likelihood is the exact "
+                             "log-density (mixture, linear beta schedule, T = 1000)",
+                             (flow_fn or type(model).probability_flow)(model, params), x,
+                             a(lam[0]), a(lam[-1]))
+
+
 def check_hutchinson_unbiased(num_probes: int, kind: str) -> Check:
     """The mean of eps^T (dv/dz) eps over probes equals the exact divergence of a nonlinear field."""
     z = jax.random.normal(jax.random.key(0), (8, 5), jnp.float32)
@@ -117,4 +133,5 @@ def checks(fast: bool) -> list[Callable[[], Check | Sequence[Check]]]:
     return [check_instantaneous_change_of_variables_is_the_flow_log_det,
             check_flow_matching_ode_likelihood_is_exact,
             check_vdm_probability_flow_likelihood_is_exact,
+            check_ddpm_probability_flow_likelihood_is_exact,
             *(functools.partial(check_hutchinson_unbiased, num_probes=probes, kind=k) for k in ("rademacher", "gaussian"))]

@@ -12,8 +12,8 @@ the runner draws them once for all seeds and all such evaluators (``ctx.sample(k
 
 * ``nll`` (:mod:`.likelihood`): exact held-out NLL of models with ``nll`` (flows).
 * ``importance_nll`` (:mod:`.likelihood`): VAEs' importance-sampled ``log p(x)`` and the test ELBO.
-* ``ode_nll`` (:mod:`.likelihood`): the probability-flow ODE's log-likelihood (flow matching, continuous-time
-  diffusion).
+* ``ode_nll`` (:mod:`.likelihood`): the probability-flow ODE's log-likelihood (diffusion: DDPM and VDM; flow
+  matching).
 * ``bound`` (:mod:`.bound`): diffusion's variational bound and held-out loss.
 * ``modes`` (:mod:`.samples`): mode coverage of toy mixtures.
 * ``frechet`` (:mod:`.samples`): Frechet distance of samples to held-out data (toy: in the plane;

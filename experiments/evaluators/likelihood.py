@@ -134,7 +134,7 @@ class ImportanceSampledNLL:
 
 class ODELikelihood:
     """The exact log-likelihood of a model's probability-flow ODE (:func:`gen_jax.diffusion.ode_log_likelihood`;
-    flow-matching and continuous-time diffusion models) on the first ``eval.ode_examples`` held-out examples:
+    diffusion (DDPM, VDM) and flow-matching models) on the first ``eval.ode_examples`` held-out examples:
     ``ode_nll_nats`` and its standard error over the examples; 8-bit images are uniformly dequantised
     (an upper bound on the discrete NLL) and also give ``ode_bits_per_dim``. Options: ``ode_examples``,
     ``ode_batch_size``, ``ode_divergence`` ('exact', or Hutchinson's 'rademacher' / 'gaussian'; default exact
@@ -147,8 +147,8 @@ class ODELikelihood:
         from gen_jax import diffusion
 
         if not hasattr(ctx.model, "probability_flow"):
-            raise ValueError(f"the ode_nll evaluator needs a model with a probability-flow ODE (flow matching or "
-                             f"continuous-time diffusion); {type(ctx.model).__name__} has none")
+            raise ValueError(f"the ode_nll evaluator needs a model with a probability-flow ODE (diffusion or flow "
+                             f"matching); {type(ctx.model).__name__} has none")
         self.ctx, self.is_image = ctx, ctx.data.kind == "image"
         self.examples, self.batch_size = int(options.get("ode_examples", 100)), int(options.get("ode_batch_size", 100))
         kind = options.get("ode_divergence", None) or ("rademacher" if self.is_image else "exact")

@@ -3,6 +3,7 @@ toy: the reverse process and both samplers)."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -77,8 +78,9 @@ def log_snr(ctx: Context, key: jax.Array, outdir: str) -> list[str]:
 
     model, params = ctx.model, ctx.params[0]
     t = jnp.linspace(0.0, 1.0, 401)
-    lam, dlam = log_snr_and_derivative(model.schedule, model._schedule_vars(params["schedule"]), t)
-    lam0, dlam0 = log_snr_and_derivative(model.schedule, model.schedule.init(key, t), t)
+    curve = jax.jit(functools.partial(log_snr_and_derivative, model.schedule))  # op by op: seconds for the MLP
+    lam, dlam = curve(model._schedule_vars(params["schedule"]), t)
+    lam0, dlam0 = curve(jax.jit(model.schedule.init)(key, t), t)
     plt = viz.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
     for ax, (a, b), title in zip(axes, [(lam, lam0), (-0.5 * dlam, -0.5 * dlam0)],

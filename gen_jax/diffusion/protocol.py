@@ -55,6 +55,23 @@ class Denoising:
         """Model space -> data space (images: [-1, 1] -> [0, 1], clipped)."""
         return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0) if self.is_image else x
 
+    def probability_flow(self, params: Any, label: Array | None = None):
+        """``(v(z, t), 0, 1)``: the probability-flow ODE of the noising process z = alpha x + sigma eps between the
+        model's log-SNR ends lambda(0) > lambda(1) of :meth:`data_predictor`, time linear in log-SNR (the
+        likelihood does not depend on how time is parameterised): v = alpha'_t x_hat + sigma'_t eps_hat with x_hat the
+        data predictor and eps_hat = (z - alpha_t x_hat) / sigma_t (for
+        :func:`gen_jax.diffusion.ode_log_likelihood`). Models with their own time (VDM's schedule, flow matching's
+        path) override it."""
+        x_hat, lam0, lam1 = self.data_predictor(params, label)
+
+        def v(z, t):
+            lam = lam0 + (lam1 - lam0) * t
+            (a, s), (da, ds) = jax.jvp(alpha_sigma, (lam,), (jnp.asarray(lam1 - lam0, lam.dtype),))
+            x = x_hat(z, lam)
+            return da * x + ds * (z - a * x) / s
+
+        return v, 0.0, 1.0
+
     def sample(self, params: Any, key: Array, n: int, **options) -> Array:
         """``n`` samples in data space; ``options`` as in :meth:`reverse_process` (without ``trajectory``), or
         ``sampler`` 'dpm_solver_pp_2m' / 'edm_heun' with ``num_steps``, ``labels``, ``clip_x``

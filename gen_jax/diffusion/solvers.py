@@ -13,12 +13,17 @@ flow-matching velocity), so one implementation serves all. Each is one ``lax.sca
   at lambda_max.
 * EDM Heun, in x~ = z / alpha with sigma~ = exp(-lambda / 2) (the variance-exploding form): dx~/dsigma~ =
   (x~ - x_hat) / sigma~ by Heun's method on Karras et al.'s spacing sigma~_i = (smax^(1/rho) + i/(N-1)
-  (smin^(1/rho) - smax^(1/rho)))^rho, i < N, then sigma~_N = 0 by an Euler step (NFE = 2N - 1).
+  (smin^(1/rho) - smax^(1/rho)))^rho, i < N, then sigma~_N = 0 by an Euler step (NFE = 2N - 1). With
+  ``churn`` = S_churn > 0 it is EDM's stochastic sampler (Algorithm 2): before each step whose sigma~_i lies in
+  ``churn_range``, noise raises sigma~_i to sigma^_i = (1 + gamma) sigma~_i (gamma = min(S_churn / N, sqrt 2 - 1),
+  never above the first level), x~ += sqrt(sigma^_i^2 - sigma~_i^2) S_noise eps, and the Heun step starts from
+  sigma^_i: the same NFE, fresh noise that corrects the denoiser's errors as an ancestral chain does.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import jax
@@ -83,12 +88,17 @@ def dpm_solver_pp_2m(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], l
     return x_hat(z, lam[-1])
 
 
-@functools.partial(jax.jit, static_argnames=("x_hat", "shape", "num_steps"))
+@functools.partial(jax.jit, static_argnames=("x_hat", "shape", "num_steps", "churn", "churn_range", "churn_noise"))
 def edm_heun(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], log_snr_max: float, log_snr_min: float,
-             num_steps: int = 18, rho: float = 7.0) -> Array:
-    """EDM's deterministic Heun sampler on ``num_steps`` Karras noise levels between those of ``log_snr_min``
-    and ``log_snr_max`` (NFE = 2 num_steps - 1); returns the sample in data space [shape]."""
+             num_steps: int = 18, rho: float = 7.0, churn: float = 0.0,
+             churn_range: tuple[float, float] = (0.0, math.inf), churn_noise: float = 1.0) -> Array:
+    """EDM's Heun sampler on ``num_steps`` Karras noise levels between those of ``log_snr_min`` and
+    ``log_snr_max`` (NFE = 2 num_steps - 1): deterministic with ``churn`` 0, else EDM's stochastic sampler with
+    S_churn = ``churn``, (S_tmin, S_tmax) = ``churn_range`` (in sigma~ = exp(-lambda / 2)) and S_noise =
+    ``churn_noise``; returns the sample in data space [shape]."""
     _check(num_steps, 2)
+    if not churn >= 0.0:
+        raise ValueError(f"churn must be >= 0; got {churn!r}")
     s_max, s_min = jnp.exp(-0.5 * jnp.float32(log_snr_min)), jnp.exp(-0.5 * jnp.float32(log_snr_max))
     sig = jnp.concatenate([karras_sigmas(s_min, s_max, num_steps, rho), jnp.zeros((1,), jnp.float32)])
     a_start, _ = alpha_sigma(jnp.float32(log_snr_min))
@@ -99,8 +109,16 @@ def edm_heun(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], log_snr_m
         a, _ = alpha_sigma(lam)
         return x_hat(a * x, lam)
 
+    gamma = min(churn / num_steps, math.sqrt(2.0) - 1.0)
+
     def step(x, i):
         s0, s1 = sig[i], sig[i + 1]
+        if churn > 0:  # EDM's Algorithm 2: raise the noise level to s_hat by fresh noise, then step from there
+            g = jnp.where((s0 >= churn_range[0]) & (s0 <= churn_range[1]), gamma, 0.0)
+            s_hat = jnp.minimum(s0 * (1.0 + g), sig[0])
+            noise = jax.random.normal(jax.random.fold_in(key, i + 1), shape, jnp.float32)
+            x = x + jnp.sqrt(jnp.square(s_hat) - jnp.square(s0)) * churn_noise * noise
+            s0 = s_hat
         d = (x - denoise(x, s0)) / s0
         x1 = x + (s1 - s0) * d
         # Heun's correction except into sigma~ = 0 (where the slope is undefined): there the Euler step
@@ -112,28 +130,33 @@ def edm_heun(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], log_snr_m
 
 
 def fast_sample(model, params, key: Array, n: int, sampler: str = "dpm_solver_pp_2m", num_steps: int = 20,
-                labels: Array | None = None, clip_x: float | None = None) -> Array:
+                labels: Array | None = None, clip_x: float | None = None, churn: float = 0.0) -> Array:
     """``n`` samples in ``model``'s space by a fast sampler on its ``data_predictor(params, labels)`` (class-
-    conditional models: ``labels`` default to 0, 1, ... cycling over the classes)."""
+    conditional models: ``labels`` default to 0, 1, ... cycling over the classes); ``churn``: EDM's S_churn
+    (``edm_heun`` only)."""
     if sampler not in FAST_SAMPLERS:
         raise ValueError(f"fast sampler must be one of {FAST_SAMPLERS}; got {sampler!r}")
+    if churn and sampler != "edm_heun":
+        raise ValueError(f"churn is an option of 'edm_heun' (EDM's stochastic sampler), not of {sampler!r}")
     if model.num_classes is not None and labels is None:
         labels = jnp.arange(n, dtype=jnp.int32) % model.num_classes
     # compiled once per model and (sampler, num_steps, n, clip_x), cached on the model (models holding arrays,
     # such as a DDPM's schedule, are not hashable, so the model cannot be a static argument)
     cache = model.__dict__.setdefault("_fast_sample_cache", {})
-    spec = (sampler, int(num_steps), int(n), None if clip_x is None else float(clip_x))
+    spec = (sampler, int(num_steps), int(n), None if clip_x is None else float(clip_x), float(churn))
     if spec not in cache:
         cache[spec] = jax.jit(functools.partial(_fast_sample, model, *spec))
     return cache[spec](params, key, labels)
 
 
-def _fast_sample(model, sampler, num_steps, n, clip_x, params, key, labels):
+def _fast_sample(model, sampler, num_steps, n, clip_x, churn, params, key, labels):
     x_hat, lmax, lmin = model.data_predictor(params, labels)
     if clip_x is not None:
         x_hat = _clipped(x_hat, clip_x)
-    fn = dpm_solver_pp_2m if sampler == "dpm_solver_pp_2m" else edm_heun
-    return fn(x_hat, key, (n, *model.data_shape), lmax, lmin, num_steps=num_steps)
+    shape = (n, *model.data_shape)
+    if sampler == "dpm_solver_pp_2m":
+        return dpm_solver_pp_2m(x_hat, key, shape, lmax, lmin, num_steps=num_steps)
+    return edm_heun(x_hat, key, shape, lmax, lmin, num_steps=num_steps, churn=churn)
 
 
 def _clipped(x_hat: DataPredictor, c: float) -> DataPredictor:
