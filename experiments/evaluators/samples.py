@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.tasks.base import Context
 from gen_jax.metrics import classifier as clf
-from gen_jax.metrics import frechet_distance_from_features, mode_coverage
+from gen_jax.metrics import frechet_distance_from_features, inception_score, kernel_inception_distance, mode_coverage
 
 
 class ModeCoverage:
@@ -38,8 +37,9 @@ class FrechetDistance:
     trained on the training split (:mod:`gen_jax.metrics.classifier`; ``eval.classifier_steps``,
     ``classifier_batch_size``, ``classifier_seed``; ``classifier_path`` caches it across runs and is
     refused if trained on another dataset), on ``eval.fd_num_samples`` samples; also the classifier's test
-    accuracy, its "inception score" ``classifier_score = exp E_x KL(p(y|x) || p(y))``, the number of
-    ``classes_covered`` (>= 1% of the samples) and ``frechet_distance_test_halves`` (the test set against
+    accuracy, its "inception score" ``classifier_score = exp E_x KL(p(y|x) || p(y))``, the KID formula in its
+    features ``kernel_distance`` (and its std over 100 subsets of up to 1000; :mod:`gen_jax.metrics.kernel`), the
+    number of ``classes_covered`` (>= 1% of the samples) and ``frechet_distance_test_halves`` (the test set against
     half of itself: a floor for the distance)."""
 
     def __init__(self, options, ctx: Context):
@@ -73,12 +73,14 @@ class FrechetDistance:
             self._test = (clf.features(cls_params, x_test), clf.accuracy(cls_params, x_test, y_test))
         test_features, accuracy = self._test
         n = len(samples)
-        probs = np.asarray(jax.nn.softmax(jnp.asarray(clf.logits(cls_params, samples)), axis=-1), np.float64)
-        marginal = probs.mean(0)
-        kl = np.sum(probs * (np.log(probs + 1e-12) - np.log(marginal + 1e-12)[None]), axis=1)
-        out = {"frechet_distance": frechet_distance_from_features(clf.features(cls_params, samples), test_features),
-               "classifier_score": float(np.exp(kl.mean())),
-               "classes_covered": float(np.sum(np.bincount(probs.argmax(1), minlength=probs.shape[1]) >= 0.01 * n)),
+        logits = clf.logits(cls_params, samples)
+        features = clf.features(cls_params, samples)
+        kid, kid_std = kernel_inception_distance(features, test_features, num_subsets=100, subset_size=1000)
+        out = {"frechet_distance": frechet_distance_from_features(features, test_features),
+               "kernel_distance": kid, "kernel_distance_std": kid_std,
+               "classifier_score": inception_score(logits, num_splits=1, from_logits=True)[0],
+               "classes_covered": float(np.sum(np.bincount(np.argmax(logits, 1), minlength=logits.shape[1])
+                                               >= 0.01 * n)),
                "classifier_test_accuracy": accuracy}
         half = len(test_features) // 2
         if half >= 2:
