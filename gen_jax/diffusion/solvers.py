@@ -140,7 +140,7 @@ def fast_sample(model, params, key: Array, n: int, sampler: str = "dpm_solver_pp
         raise ValueError(f"churn is an option of 'edm_heun' (EDM's stochastic sampler), not of {sampler!r}")
     if model.num_classes is not None and labels is None:
         labels = jnp.arange(n, dtype=jnp.int32) % model.num_classes
-    # compiled once per model and (sampler, num_steps, n, clip_x), cached on the model (models holding arrays,
+    # compiled once per model and (sampler, num_steps, n, clip_x, churn), cached on the model (models holding arrays,
     # such as a DDPM's schedule, are not hashable, so the model cannot be a static argument)
     cache = model.__dict__.setdefault("_fast_sample_cache", {})
     spec = (sampler, int(num_steps), int(n), None if clip_x is None else float(clip_x), float(churn))

@@ -57,9 +57,17 @@ def _check_features(f: ArrayLike, name: str) -> np.ndarray:
 
 def polynomial_mmd2_unbiased(x: ArrayLike, y: ArrayLike) -> float:
     """The unbiased MMD^2 estimate of the module docstring between feature sets ``x`` [m, D] and ``y`` [n, D]."""
+    return _mmd2(*_check_pair(x, y))
+
+
+def _check_pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x, y = _check_features(x, "first set"), _check_features(y, "second set")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature dimensions differ: {x.shape[1]} vs {y.shape[1]}")
+    return x, y
+
+
+def _mmd2(x: np.ndarray, y: np.ndarray) -> float:  # checked float64 features
     d, m, n = x.shape[1], x.shape[0], y.shape[0]
     kxx = (x @ x.T / d + 1.0) ** 3
     kyy = (y @ y.T / d + 1.0) ** 3
@@ -72,16 +80,14 @@ def kernel_inception_distance(features1: ArrayLike, features2: ArrayLike, *, num
                               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """``(mean, std)`` of :func:`polynomial_mmd2_unbiased` over ``num_subsets`` subsets of ``subset_size``
     (capped at the smaller set's size) drawn without replacement from each set (``seed``)."""
-    f1, f2 = _check_features(features1, "first set"), _check_features(features2, "second set")
-    if f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"feature dimensions differ: {f1.shape[1]} vs {f2.shape[1]}")
+    f1, f2 = _check_pair(features1, features2)  # once, not per subset
     if not isinstance(num_subsets, int) or num_subsets < 1:
         raise ValueError(f"num_subsets must be a positive int; got {num_subsets!r}")
     size = min(int(subset_size), f1.shape[0], f2.shape[0])
     if size < 2:
         raise ValueError(f"subset_size must be >= 2; got {subset_size!r}")
     rng = np.random.default_rng(seed)
-    values = [polynomial_mmd2_unbiased(f1[rng.choice(f1.shape[0], size, replace=False)],
-                                       f2[rng.choice(f2.shape[0], size, replace=False)])
+    values = [_mmd2(f1[rng.choice(f1.shape[0], size, replace=False)],
+                    f2[rng.choice(f2.shape[0], size, replace=False)])
               for _ in range(num_subsets)]
     return float(np.mean(values)), float(np.std(values))
