@@ -232,6 +232,8 @@ def prepare(config: config_dict.ConfigDict, workdir: str, *, restart: bool = Fal
     except sources.DataError as e:
         raise sources.DataError(f"{e} (--config.data.name={config.data.name})") from None
     resolve_eval(config, data.kind, data.num_classes)
+    if "inception" in config.eval.evaluators and not config.eval.get("inception_stats_dir", None):
+        config.eval.inception_stats_dir = os.path.join(os.path.abspath(workdir), "inception_stats")
     seeds = build_seeds(config, data)
     ctx = seeds.context(data, config.eval, eval_batches, num_eval_batches)
     evaluators = evaluators_lib.build(tuple(config.eval.evaluators), config.eval, ctx)

@@ -70,6 +70,11 @@ def base_config(
         num_samples=2500,  # samples per seed the sample-based evaluators score (toy data)
         # None: the family's defaults for the data (EVALUATORS / FIGURES above); a tuple of names otherwise
         evaluators=config_dict.placeholder(tuple), figures=config_dict.placeholder(tuple),
+        # FID / IS / KID on the FID Inception-v3 (images; experiments/evaluators/inception.py): the weights
+        # converted by `python -m gen_jax.metrics.inception`; when given, 'inception' joins the default evaluators
+        inception_weights=config_dict.placeholder(str),
+        inception_num_samples=50_000, inception_reference="train", inception_batch_size=200,
+        inception_stats_dir=config_dict.placeholder(str),  # None: <workdir>/inception_stats
     ))
     c.model = config_dict.ConfigDict()
     c.objective = config_dict.ConfigDict()
@@ -92,6 +97,8 @@ def resolve_eval(config: config_dict.ConfigDict, kind: str, num_classes: int) ->
         names = EVALUATORS[config.family, kind]
         config.eval.evaluators = tuple(n for n in names if not (n == "frechet" and kind == "image" and
                                                                 num_classes < 2))
+        if kind == "image" and config.eval.get("inception_weights", None):
+            config.eval.evaluators += ("inception",)
     if config.eval.figures is None:
         config.eval.figures = FIGURES[config.family, kind]
 
@@ -104,6 +111,7 @@ def shrink_for_smoke(c: config_dict.ConfigDict, *, num_steps: int = 20) -> confi
     c.data.num_eval = min(c.data.num_eval if c.data.num_eval > 0 else 10**9, 512)
     c.data.eval_batch_size = min(c.data.eval_batch_size, 256)
     c.eval.num_samples = min(c.eval.num_samples, 256)
+    c.eval.inception_num_samples = min(c.eval.inception_num_samples, 64)
     return c
 
 

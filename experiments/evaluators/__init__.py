@@ -18,6 +18,8 @@ the runner draws them once for all seeds and all such evaluators (``ctx.sample(k
 * ``modes`` (:mod:`.samples`): mode coverage of toy mixtures.
 * ``frechet`` (:mod:`.samples`): Frechet distance of samples to held-out data (toy: in the plane;
   images: in a small classifier's feature space).
+* ``inception`` (:mod:`.inception`): FID, Inception Score and KID on the FID Inception-v3 (weights supplied
+  by the user), comparable with papers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import jax
 import numpy as np
 
 from experiments.evaluators.bound import DiffusionBound
+from experiments.evaluators.inception import InceptionMetrics
 from experiments.evaluators.likelihood import ExactNLL, ImportanceSampledNLL, ODELikelihood
 from experiments.evaluators.samples import FrechetDistance, ModeCoverage
 from experiments.tasks.base import Context
@@ -39,6 +42,7 @@ EVALUATORS: dict[str, Callable[[Any, Context], Any]] = {
     "bound": DiffusionBound,
     "modes": ModeCoverage,
     "frechet": FrechetDistance,
+    "inception": InceptionMetrics,
 }
 
 
