@@ -31,6 +31,7 @@ from gen_jax.data import images as image_data
 from gen_jax.data import sources
 from gen_jax.data import toy as toy_data
 from gen_jax.data.pipeline import Batches
+from gen_jax.precision import PRECISIONS
 from gen_jax.train import (CheckpointError, Checkpointer, DivergedError, Interrupted, fit, interrupt_on_signals,
                            json_dumps, keep_state_sharding, local_replica, make_mesh, replicate,
                            shard_batch, shard_state, with_progress)
@@ -84,6 +85,7 @@ def validate_config(config: config_dict.ConfigDict) -> None:
     _require(config, "data.num_eval", lambda v: isinstance(v, int) and (v >= 1 or v == -1),
              "an integer >= 1, or -1 for the whole test split")
     _require(config, "train.shard_params", lambda v: isinstance(v, bool), "True or False")
+    _require(config, "train.precision", lambda v: v in PRECISIONS, f"one of {PRECISIONS}")
     _require(config, "optim.optimizer", lambda v: v in ("adam", "adamw", "sgd"), "one of 'adam', 'adamw', 'sgd'")
     _require(config, "optim.schedule", lambda v: v in ("constant", "cosine"), "'constant' or 'cosine'")
     _require(config, "optim.learning_rate", lambda v: math.isfinite(v) and v > 0, "a number > 0")

@@ -9,6 +9,7 @@ behind it are in ``experiments/BENCHMARKS.md``.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 
 __all__ = ["Conv", "GroupNorm", "Upsample2x", "Downsample2x", "conv_general_dilated", "depth_to_space",
            "space_to_depth", "downsample_layer", "TAP_LIMITS", "UPSAMPLE_KINDS", "DOWNSAMPLE_KINDS",
-           "cpu_kernels", "set_cpu_kernels"]
+           "cpu_kernels", "set_cpu_kernels", "remat", "REMAT_POLICIES"]
 
 UPSAMPLE_KINDS = ("transpose", "subpixel")
 DOWNSAMPLE_KINDS = ("strided", "space_to_depth")
@@ -141,11 +142,12 @@ class GroupNorm(nn.Module):
 
         y[b, ..., c] = (x[b, ..., c] - mu[b, g]) / sqrt(sigma^2[b, g] + epsilon) * scale[c] + bias[c]
 
-    Computed as flax does (``sigma^2 = E[x^2] - E[x]^2``, clipped at 0, in float32), but reduced in two
-    stages: ``sum x`` and ``sum x^2`` over the positions per channel (the channels stay contiguous,
-    so the reduction vectorises), then over each group's channels; the normalisation is one
-    ``x * a[b, c] + d[b, c]``. XLA CPU reduces flax's ``[B, H, W, G, C/G]`` layout over a strided
-    minor axis, which this avoids (measured in experiments/BENCHMARKS.md). ``tests/test_nn.py`` compares values and gradients with flax's.
+    Computed as flax does (``sigma^2 = E[x^2] - E[x]^2``, clipped at 0, in float32; the result in x's
+    dtype), but reduced in two stages: ``sum x`` and ``sum x^2`` over the positions per channel (the
+    channels stay contiguous, so the reduction vectorises), then over each group's channels; the
+    normalisation is one ``x * a[b, c] + d[b, c]``. XLA CPU reduces flax's ``[B, H, W, G, C/G]`` layout
+    over a strided minor axis, which this avoids (measured in experiments/BENCHMARKS.md).
+    ``tests/test_nn.py`` compares values and gradients with flax's.
 
     Attributes:
       num_groups: ``G``; must divide the channels.
@@ -174,7 +176,7 @@ class GroupNorm(nn.Module):
         a = jax.lax.rsqrt(var + self.epsilon) * scale.reshape(1, self.num_groups, per_group)  # [B, G, C/G]
         d = bias.reshape(1, self.num_groups, per_group) - mean * a
         shape = (batch,) + (1,) * (x.ndim - 2) + (c,)
-        return xf * a.reshape(shape) + d.reshape(shape)
+        return (xf * a.reshape(shape) + d.reshape(shape)).astype(x.dtype)  # statistics in float32, output as x
 
 
 def depth_to_space(h: jax.Array, block: int) -> jax.Array:
@@ -268,3 +270,25 @@ class Upsample2x(nn.Module):
         if self.kind == "subpixel":
             return depth_to_space(Conv(4 * self.features, (3, 3), padding="SAME")(h), 2)
         raise ValueError(f"upsample must be one of {UPSAMPLE_KINDS}, got {self.kind!r}")
+
+
+#: Named rematerialisation policies (config ``model.remat``) -> what the backward pass keeps of a block's
+#: forward pass: ``'full'`` keeps only the block's inputs and recomputes everything inside
+#: (``jax.checkpoint_policies.nothing_saveable``); ``'dots'`` keeps the outputs of its matmuls and
+#: convolutions and recomputes the cheap elementwise work between them (normalisations, activations,
+#: ``dots_saveable``); None keeps everything (no rematerialisation).
+REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable, "dots": jax.checkpoint_policies.dots_saveable}
+
+
+@functools.lru_cache(maxsize=None)
+def remat(cls: type[nn.Module], policy: str | None, static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+    """``cls`` rematerialised with the named policy (:data:`REMAT_POLICIES`; None: ``cls`` itself), under
+    ``cls``'s own name so its parameter tree is the same with and without (checkpoints carry over).
+    ``static_argnums`` count ``self`` as 0 (e.g. a ``train`` flag)."""
+    if policy is None:
+        return cls
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat policy must be None or one of {sorted(REMAT_POLICIES)}, got {policy!r}")
+    wrapped = nn.remat(cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+    wrapped.__name__, wrapped.__qualname__ = cls.__name__, cls.__qualname__
+    return wrapped

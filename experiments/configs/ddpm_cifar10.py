@@ -23,6 +23,7 @@ def get_config(arg=None):
     c.optim.grad_clip = 1.0
     c.optim.ema_decay = 0.9999
     c.model.arch = "unet"
+    c.model.remat = config_dict.placeholder(str)  # None | 'full' | 'dots' (gen_jax.nn.REMAT_POLICIES)
     c.model.ch = 128
     c.model.ch_mult = (1, 2, 2, 2)
     c.model.num_res_blocks = 2

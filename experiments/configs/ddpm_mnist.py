@@ -23,6 +23,7 @@ def get_config(arg=None):
     c.optim.grad_clip = 1.0
     c.optim.ema_decay = 0.999  # short run: 0.9999 would average over more steps than we take
     c.model.arch = "unet"
+    c.model.remat = config_dict.placeholder(str)  # None | 'full' | 'dots' (gen_jax.nn.REMAT_POLICIES)
     c.model.ch = 16
     c.model.ch_mult = (1, 2, 4)  # 28x28x16 -> 14x14x32 -> 7x7x64
     c.model.num_res_blocks = 1

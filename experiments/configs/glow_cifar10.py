@@ -13,6 +13,8 @@ epochs on 8 GPUs. About 45M parameters. ``get_config('smoke')`` runs in seconds 
         --config.data.data_dir=DIR_WITH_PREPARED_CIFAR10
 """
 
+from ml_collections import config_dict
+
 from experiments.configs.common import base_config
 from experiments.configs.glow_mnist import image_flow_smoke
 
@@ -24,6 +26,7 @@ def get_config(arg=None):
     c.optim.grad_clip = 0.0
     c.optim.ema_decay = 0.999
     c.model.arch = "glow"
+    c.model.remat = config_dict.placeholder(str)  # None | 'full' | 'dots' (gen_jax.nn.REMAT_POLICIES)
     c.model.num_levels = 3  # 32x32x3 -> 16x16x12 -> 8x8x24 -> 4x4x48
     c.model.num_steps = 32
     c.model.hidden = (512, 512)

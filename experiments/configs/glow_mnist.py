@@ -19,6 +19,8 @@ Variants: ``--config.model.preprocess=affine`` (Glow's x - 0.5), ``--config.mode
 (volume-preserving NICE couplings), ``--config.model.lu=False`` (plain 1x1 convolutions).
 """
 
+from ml_collections import config_dict
+
 from experiments.configs.common import base_config, shrink_for_smoke
 
 
@@ -43,6 +45,7 @@ def get_config(arg=None):
     c.optim.grad_clip = 50.0  # loss is in bits/dim; only outlier batches reach this
     c.optim.ema_decay = 0.999  # evaluated with the EMA (Glow uses Polyak averaging)
     c.model.arch = "glow"
+    c.model.remat = config_dict.placeholder(str)  # None | 'full' | 'dots' (gen_jax.nn.REMAT_POLICIES)
     c.model.num_levels = 2  # 28x28x1 -> 14x14x4 (half factored out) -> 7x7x8
     c.model.num_steps = 8
     c.model.hidden = (128, 128)

@@ -9,6 +9,8 @@ CPU-sized MNIST flow; a short CPU run is in README). ``get_config('smoke')`` run
         --workdir runs/realnvp_mnist --config.data.data_dir=../shared/data/tfds
 """
 
+from ml_collections import config_dict
+
 from experiments.configs.common import base_config
 from experiments.configs.glow_mnist import image_flow_smoke
 
@@ -21,6 +23,7 @@ def get_config(arg=None):
     c.optim.grad_clip = 50.0
     c.optim.ema_decay = 0.999
     c.model.arch = "realnvp"
+    c.model.remat = config_dict.placeholder(str)  # None | 'full' | 'dots' (gen_jax.nn.REMAT_POLICIES)
     c.model.num_scales = 3
     c.model.hidden = (64,)
     c.model.num_res_blocks = 4

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from gen_jax.data.toy import ToyDistribution
+from gen_jax.precision import Policy
 
 PyTree = Any
 
@@ -105,3 +106,8 @@ class Context:
     @property
     def num_seeds(self) -> int:
         return len(self.params)
+
+
+def precision_policy(config) -> Policy:
+    """The networks' compute dtype of ``config.train.precision`` (:mod:`gen_jax.precision`; default float32)."""
+    return Policy(str(config.train.get("precision", "float32")))

@@ -3,7 +3,8 @@
 Config fields read here (the rest is the common schema of experiments/configs/common.py):
 
 * ``model``: ``arch`` ('mlp' | 'unet'); mlp: ``hidden``, ``num_blocks``, ``time_dim``; unet: ``ch``,
-  ``ch_mult``, ``num_res_blocks``, ``attn_resolutions``, ``dropout``, ``num_heads``, ``norm_groups``;
+  ``ch_mult``, ``num_res_blocks``, ``attn_resolutions``, ``dropout``, ``num_heads``, ``norm_groups``,
+  ``remat`` (None | 'full' | 'dots': :data:`gen_jax.nn.REMAT_POLICIES`);
   both: ``class_conditional`` (images: condition on labels; classifier-free guidance when sampling).
 * ``objective``: the noise schedule ``schedule`` ('linear' | 'cosine' | 'sigmoid'),
   ``num_timesteps`` (T), ``beta_start``/``beta_end`` (linear), ``cosine_s`` (cosine); the loss
@@ -29,7 +30,7 @@ from __future__ import annotations
 import jax
 
 from experiments.configs.common import optim_kwargs
-from experiments.tasks.base import DataSpec, Experiment
+from experiments.tasks.base import DataSpec, Experiment, precision_policy
 from gen_jax import diffusion
 from gen_jax.train import TrainState, make_optimizer
 
@@ -65,7 +66,8 @@ def build_denoiser(config, data: DataSpec):
         return diffusion.UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
                               num_heads=m.get("num_heads", 1), norm_groups=m.norm_groups,
-                              num_classes=num_classes, fourier_features=tuple(m.get("fourier_features", ())))
+                              num_classes=num_classes, fourier_features=tuple(m.get("fourier_features", ())),
+                              remat=m.get("remat", None))
     raise ValueError(f"config.model.arch={m.arch!r}; expected 'mlp' or 'unet'.")
 
 
@@ -79,18 +81,19 @@ def build(config, data: DataSpec) -> Experiment:
                                                    obj.get("schedule_hidden", 1024))
         model = diffusion.VariationalDiffusionModel(build_denoiser(config, data), schedule, data.shape,
                                                     num_timesteps=int(obj.num_timesteps),
-                                                    cond_drop_prob=obj.cond_drop_prob)
+                                                    cond_drop_prob=obj.cond_drop_prob,
+                                                    precision=precision_policy(config))
     elif process == "fm":
         model = diffusion.FlowMatchingModel(build_denoiser(config, data), data.shape, path=obj.fm_path,
                                             log_snr_schedule=obj.get("log_snr_schedule", "cosine"),
                                             log_snr_max=obj.get("log_snr_max", 10.0),
                                             log_snr_min=obj.get("log_snr_min", -10.0),
-                                            cond_drop_prob=obj.cond_drop_prob)
+                                            cond_drop_prob=obj.cond_drop_prob, precision=precision_policy(config))
     elif process == "ddpm":
         model = diffusion.DiffusionModel(
             build_denoiser(config, data), build_schedule(obj), data.shape, parameterization=obj.parameterization,
             weighting=obj.weighting, min_snr_gamma=obj.min_snr_gamma, variance=obj.variance,
-            cond_drop_prob=obj.cond_drop_prob)
+            cond_drop_prob=obj.cond_drop_prob, precision=precision_policy(config))
     else:
         raise ValueError(f"config.objective.process={process!r}; expected 'ddpm', 'vdm' or 'fm'.")
 

@@ -10,6 +10,8 @@ Config fields read here (the rest is the common schema of experiments/configs/co
   (``ARCHS`` lists them; e.g. Glow's ``num_levels``, ``num_steps``, ``hidden``).
 * ``model.init_batch``: examples of the data-dependent ActNorm initialisation (default 512): toy
   data draw them from the distribution, images take the first ``init_batch`` training images.
+* ``model.remat``: rematerialise the coupling conditioners (None | 'full' | 'dots':
+  :data:`gen_jax.nn.REMAT_POLICIES`; MAF's MADE is not).
 * ``objective.num_bits``: bits per value of image data (default 8).
 * ``eval.temperature``: temperature of the samples the run shows (default 1.0).
 """
@@ -20,7 +22,7 @@ import jax
 import numpy as np
 
 from experiments.configs.common import optim_kwargs
-from experiments.tasks.base import DataSpec, Experiment
+from experiments.tasks.base import DataSpec, Experiment, precision_policy
 from gen_jax import flows
 from gen_jax.data.preprocess import uniform_dequantize
 from gen_jax.train import TrainState, make_optimizer
@@ -35,7 +37,7 @@ ARCHS: dict[tuple[str, str], tuple[type, tuple[str, ...]]] = {
     ("image", "glow"): (flows.Glow, ("num_levels", "num_steps", "hidden", "lu", "additive", "learn_split_prior",
                                      "max_log_scale", "preprocess", "alpha")),
 }
-_TASK_FIELDS = ("arch", "init_batch")
+_TASK_FIELDS = ("arch", "init_batch", "remat")
 
 
 def build_flow(config, data: DataSpec) -> flows.FlowModel:
@@ -52,6 +54,7 @@ def build_flow(config, data: DataSpec) -> flows.FlowModel:
         raise ValueError(f"config.model has fields {unknown} that {cls.__name__} does not take; "
                          f"expected some of {list(allowed)}.")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in m.items() if k in allowed}
+    kwargs.update(precision=precision_policy(config), remat=m.get("remat", None))
     if data.is_vector:
         return cls(dim=int(np.prod(data.shape)), **kwargs)
     return cls(image_shape=tuple(data.shape), **kwargs)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from experiments.configs.common import optim_kwargs
-from experiments.tasks.base import DataSpec, Experiment
+from experiments.tasks.base import DataSpec, Experiment, precision_policy
 from gen_jax import gan
 from gen_jax.train import TwoPlayerState, make_optimizer
 
@@ -68,7 +68,8 @@ def build(config, data: DataSpec) -> Experiment:
     model = gan.GAN(g, d, latent_dim=int(config.model.latent_dim), loss=obj.loss,
                     gp_weight=float(obj.get("gp_weight", 0.0)), r1_weight=float(obj.get("r1_weight", 0.0)),
                     num_classes=data.num_classes if config.model.get("conditional", False) else None,
-                    pack_size=int(obj.get("pack_size", 1)), n_critic=int(obj.get("n_critic", 1)))
+                    pack_size=int(obj.get("pack_size", 1)), n_critic=int(obj.get("n_critic", 1)),
+                    precision=precision_policy(config))
     d_optim = discriminator_optim(config)
 
     def init_state(key: jax.Array) -> TwoPlayerState:

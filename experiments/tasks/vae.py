@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.configs.common import optim_kwargs
-from experiments.tasks.base import DataSpec, Experiment
+from experiments.tasks.base import DataSpec, Experiment, precision_policy
 from gen_jax import vae
 from gen_jax.train import TrainState, make_optimizer
 
@@ -37,13 +37,14 @@ def build_vae(config, data: DataSpec, likelihood: vae.Likelihood) -> vae.VAE:
     act = ACTIVATIONS[name]
     if m.arch == "mlp":
         return vae.mlp_vae(data.shape, latent_dim=m.latent_dim, num_params=likelihood.num_params,
-                           hidden=tuple(m.hidden), activation=act)
+                           hidden=tuple(m.hidden), activation=act, precision=precision_policy(config))
     if m.arch == "conv":
         if data.kind != "image":
             raise ValueError(f"config.model.arch='conv' needs image data, got {data.name!r}.")
         return vae.conv_vae(data.shape, latent_dim=m.latent_dim, num_params=likelihood.num_params,
                             features=tuple(m.features), dense=m.dense, activation=act,
-                            upsample=m.get("upsample", "transpose"), downsample=m.get("downsample", "strided"))
+                            upsample=m.get("upsample", "transpose"), downsample=m.get("downsample", "strided"),
+                            precision=precision_policy(config))
     raise ValueError(f"config.model.arch={m.arch!r}; expected 'mlp' or 'conv'.")
 
 

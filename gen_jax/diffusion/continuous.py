@@ -35,6 +35,7 @@ from gen_jax.diffusion.losses import to_model_space
 from gen_jax.diffusion.protocol import Denoising
 from gen_jax.model import split_variables
 from gen_jax.ops import sum_except_batch
+from gen_jax.precision import Policy
 
 __all__ = ["VariationalDiffusionModel", "prior_loss", "reconstruction_loss", "diffusion_loss_weight",
            "vdm_posterior_step"]
@@ -153,6 +154,7 @@ class VariationalDiffusionModel(Denoising):
       antithetic_time: draw the B training times as u, u + 1/B, ... (mod 1): the low-variance estimate of
         VDM (the same expectation).
       cond_drop_prob: label dropout for classifier-free guidance (class-conditional denoisers).
+      precision: the denoiser's compute dtype (:class:`gen_jax.precision.Policy`; the bound stays float32).
 
     ``params = {'denoiser': ..., 'schedule': ...}`` (the fixed schedules have no parameters). Loss metrics:
     ``loss`` (the bound, bits/dim for images, nats for real data), ``bits_per_dim``, ``nll_nats`` and its
@@ -167,6 +169,7 @@ class VariationalDiffusionModel(Denoising):
     time_scale: float = 1000.0
     antithetic_time: bool = True
     cond_drop_prob: float = 0.1
+    precision: Policy = Policy()
 
     def __post_init__(self):
         if self.num_timesteps < 0:
@@ -196,7 +199,7 @@ class VariationalDiffusionModel(Denoising):
                 key: Array | None = None) -> Array:
         """The network's noise prediction at z_t with log-SNR lambda_t [B]."""
         rngs = {"dropout": key} if key is not None else {}
-        return self.denoiser.apply({"params": den_params}, z, self._net_time(lam), label, train=train, rngs=rngs)
+        return self.apply_denoiser(den_params, z, self._net_time(lam), label, train=train, rngs=rngs)
 
     def init(self, key: Array, batch: dict | None = None) -> tuple[Any, dict]:
         """``({'denoiser': ..., 'schedule': ...}, {})`` (shapes from ``data_shape``)."""

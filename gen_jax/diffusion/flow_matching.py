@@ -31,6 +31,7 @@ from gen_jax.diffusion.protocol import Denoising
 from gen_jax.diffusion.solvers import invert_decreasing
 from gen_jax.model import split_variables
 from gen_jax.ops import mean_except_batch
+from gen_jax.precision import Policy
 
 __all__ = ["FlowMatchingModel", "FM_PATHS", "ODE_SOLVERS", "path_coefficients"]
 
@@ -70,6 +71,7 @@ class FlowMatchingModel(Denoising):
         :func:`gen_jax.diffusion.make_log_snr_schedule`; fixed, no parameters).
       time_scale: range of the network's time input (1000: DDPM's timesteps).
       cond_drop_prob: label dropout for classifier-free guidance (class-conditional denoisers).
+      precision: the network's compute dtype (:class:`gen_jax.precision.Policy`; the loss stays float32).
 
     Loss metrics: ``loss`` = ``mse`` (per dimension, mean over the batch).
     """
@@ -82,6 +84,7 @@ class FlowMatchingModel(Denoising):
     log_snr_min: float = -10.0
     time_scale: float = 1000.0
     cond_drop_prob: float = 0.1
+    precision: Policy = Policy()
 
     def __post_init__(self):
         if self.path not in FM_PATHS:
@@ -104,7 +107,7 @@ class FlowMatchingModel(Denoising):
                  key: Array | None = None) -> Array:
         """v_theta(z_t, t) for times t [B]."""
         rngs = {"dropout": key} if key is not None else {}
-        return self.denoiser.apply({"params": params}, z, self.time_scale * t, label, train=train, rngs=rngs)
+        return self.apply_denoiser(params, z, self.time_scale * t, label, train=train, rngs=rngs)
 
     def init(self, key: Array, batch: dict | None = None) -> tuple[Any, dict]:
         """Network parameters (shapes from ``data_shape``; ``batch`` is not needed)."""

@@ -42,6 +42,7 @@ from gen_jax.diffusion.process import (
 from gen_jax.diffusion.schedules import NoiseSchedule, ReverseVariance
 from gen_jax.data.preprocess import to_symmetric
 from gen_jax.ops import mean_except_batch, sum_except_batch
+from gen_jax.precision import Policy
 
 __all__ = [
     "DenoiseFn",
@@ -65,14 +66,15 @@ WEIGHTINGS = ("simple", "vlb", "min_snr")
 _LN2 = math.log(2.0)
 
 
-def make_denoise_fn(module: nn.Module) -> DenoiseFn:
-    """Wraps a denoiser module as ``apply_fn(params, x_t, t, label=None)`` (deterministic, eval mode).
+def make_denoise_fn(module: nn.Module, precision: Policy = Policy()) -> DenoiseFn:
+    """Wraps a denoiser module as ``apply_fn(params, x_t, t, label=None)`` (deterministic, eval mode), computing
+    in ``precision``'s dtype (:mod:`gen_jax.precision`).
 
     Build it once and reuse it: samplers take it as a static (hashed) argument.
     """
 
     def apply_fn(params, x_t, t, label=None):
-        return module.apply({"params": params}, x_t, t, label, train=False)
+        return precision.apply(module, {"params": params}, x_t, t, label, train=False)
 
     return apply_fn
 

@@ -47,7 +47,7 @@ class MLPDenoiser(nn.Module):
             if label is None:
                 label = jnp.full((B,), self.num_classes, jnp.int32)
             temb = temb + nn.Embed(self.num_classes + 1, self.hidden, name="label_emb")(label)
-        temb = nn.swish(temb)
+        temb = nn.swish(temb).astype(x.dtype)  # computed from float32 times; joins the activations in their dtype
         h = nn.Dense(self.hidden, kernel_init=default_init(), name="dense_in")(x) + temb
         for i in range(self.num_blocks):
             r = nn.swish(nn.LayerNorm(name=f"norm{i}")(h))

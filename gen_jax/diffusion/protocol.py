@@ -22,13 +22,20 @@ from gen_jax.diffusion.process import q_sample
 from gen_jax.diffusion.samplers import ddim_sample, ddpm_sample
 from gen_jax.diffusion.schedules import NoiseSchedule
 from gen_jax.model import split_variables
+from gen_jax.precision import Policy
 
 Array = jax.Array
 
 
 class Denoising:
-    """What every diffusion model built on a denoiser network shares (``denoiser``, ``data_shape`` and
-    ``cond_drop_prob`` attributes): conditioning, the data space, sampling through ``reverse_process``."""
+    """What every diffusion model built on a denoiser network shares (``denoiser``, ``data_shape``,
+    ``cond_drop_prob`` and ``precision`` attributes): the denoiser's application, conditioning, the data space,
+    sampling through ``reverse_process``."""
+
+    def apply_denoiser(self, params: Any, z: Array, t: Array, label: Array | None = None, *, train: bool = False,
+                       rngs: dict | None = None) -> Array:
+        """The denoiser network at ``(z, t, label)``, computing in ``self.precision``'s dtype (float32 out)."""
+        return self.precision.apply(self.denoiser, {"params": params}, z, t, label, train=train, rngs=rngs or {})
 
     @property
     def num_classes(self) -> int | None:
@@ -99,6 +106,7 @@ class DiffusionModel(Denoising):
       variance: reverse variance of the 'vlb' weights ('small' = beta_tilde, 'large' = beta).
       cond_drop_prob: probability of replacing a label by the null label (index num_classes) while
         training, so that one network learns conditional and unconditional eps (classifier-free guidance).
+      precision: the denoiser's compute dtype (:class:`gen_jax.precision.Policy`; the loss stays float32).
 
     Loss metrics: ``loss``, ``mse`` (unweighted, in the network's output space).
     """
@@ -111,6 +119,7 @@ class DiffusionModel(Denoising):
     min_snr_gamma: float = 5.0
     variance: str = "large"
     cond_drop_prob: float = 0.1
+    precision: Policy = Policy()
     apply_fn: Callable = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -122,7 +131,7 @@ class DiffusionModel(Denoising):
             raise ValueError(f"cond_drop_prob must lie in [0, 1]; got {self.cond_drop_prob}")
         object.__setattr__(self, "data_shape", tuple(self.data_shape))
         # Built once: the samplers take it as a static (hashed) argument.
-        object.__setattr__(self, "apply_fn", make_denoise_fn(self.denoiser))
+        object.__setattr__(self, "apply_fn", make_denoise_fn(self.denoiser, self.precision))
 
     def init(self, key: Array, batch: dict | None = None) -> tuple[Any, dict]:
         """Denoiser parameters (shapes from ``data_shape``; ``batch`` is not needed)."""
@@ -145,7 +154,7 @@ class DiffusionModel(Denoising):
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         xt = q_sample(self.schedule, x0, t, eps)
         label = self.train_labels(batch, k_cond, train)
-        out = self.denoiser.apply({"params": params}, xt, t, label, train=train, rngs={"dropout": k_drop})
+        out = self.apply_denoiser(params, xt, t, label, train=train, rngs={"dropout": k_drop})
         per_ex, mse = denoising_loss(self.schedule, out, x0, eps, t, parameterization=self.parameterization,
                                      weighting=self.weighting, min_snr_gamma=self.min_snr_gamma,
                                      variance=self.variance)

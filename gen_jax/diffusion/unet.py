@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.diffusion.layers import TimeEmbedding, default_init
-from gen_jax.nn import Conv, GroupNorm
+from gen_jax.nn import Conv, GroupNorm, remat
 
 __all__ = ["UNet", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
 
@@ -75,7 +75,7 @@ class AttentionBlock(nn.Module):
         # split, not index: its gradient is one concatenation instead of three zero-padded copies summed
         q, k, v = (a.reshape(B, H * W, self.num_heads, d) for a in jnp.split(qkv, 3, axis=-1))  # [B, N, heads, d]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(d))
-        weights = jax.nn.softmax(logits, axis=-1)  # [B, heads, N, N]
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)  # [B, heads, N, N], in float32
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(B, H, W, C)
         out = nn.Dense(C, kernel_init=nn.initializers.zeros, name="proj_out")(out)
         return x + out
@@ -133,6 +133,9 @@ class UNet(nn.Module):
       fourier_features: exponents n of the input features sin(2^n pi x), cos(2^n pi x) appended to x
         (Kingma et al. 2021: n = 7, 8 resolve the 2/255 grid of 8-bit data, what a likelihood model
         needs at high SNR); () for none.
+      remat: rematerialise each residual and attention block in the backward pass with this named policy
+        (:data:`gen_jax.nn.REMAT_POLICIES`: ``'full'`` or ``'dots'``; None: keep every activation). Same
+        parameters and results; less memory for more compute.
     """
 
     out_channels: int | None = None
@@ -146,6 +149,7 @@ class UNet(nn.Module):
     norm_groups: int = 32
     resample_with_conv: bool = True
     fourier_features: Sequence[int] = ()
+    remat: str | None = None
 
     @nn.compact
     def __call__(
@@ -171,35 +175,37 @@ class UNet(nn.Module):
             elif jnp.shape(label) != (B,):
                 raise ValueError(f"label must have shape [B]=({B},); got {jnp.shape(label)}")
             temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, name="label_emb")(label)
+        temb = temb.astype(x.dtype)  # computed from float32 times; joins the activations in their dtype
 
+        Res, Attn = remat(ResBlock, self.remat, (3,)), remat(AttentionBlock, self.remat)  # noqa: N806
         res_kw = dict(dropout=self.dropout, norm_groups=self.norm_groups)
         attn_kw = dict(num_heads=self.num_heads, norm_groups=self.norm_groups)
 
         x_in = x
         if self.fourier_features:
-            f = jnp.asarray([2.0 ** n * jnp.pi for n in self.fourier_features], x.dtype).reshape(1, 1, 1, 1, -1)
-            xf = (x[..., None] * f).reshape(B, H, W, C * len(self.fourier_features))
-            x_in = jnp.concatenate([x, jnp.sin(xf), jnp.cos(xf)], axis=-1)
+            f = jnp.asarray([2.0 ** n * jnp.pi for n in self.fourier_features], jnp.float32).reshape(1, 1, 1, 1, -1)
+            xf = (x.astype(jnp.float32)[..., None] * f).reshape(B, H, W, C * len(self.fourier_features))
+            x_in = jnp.concatenate([x, jnp.sin(xf).astype(x.dtype), jnp.cos(xf).astype(x.dtype)], axis=-1)
         hs = [Conv(self.ch, (3, 3), padding="SAME", kernel_init=default_init(), name="conv_in")(x_in)]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
-                h = ResBlock(self.ch * mult, **res_kw)(hs[-1], temb, train)
+                h = Res(self.ch * mult, **res_kw)(hs[-1], temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = AttentionBlock(**attn_kw)(h)
+                    h = Attn(**attn_kw)(h)
                 hs.append(h)
             if level != levels - 1:
                 hs.append(Downsample(self.resample_with_conv)(hs[-1]))
 
         h = hs[-1]
-        h = ResBlock(h.shape[-1], **res_kw)(h, temb, train)
-        h = AttentionBlock(**attn_kw)(h)
-        h = ResBlock(h.shape[-1], **res_kw)(h, temb, train)
+        h = Res(h.shape[-1], **res_kw)(h, temb, train)
+        h = Attn(**attn_kw)(h)
+        h = Res(h.shape[-1], **res_kw)(h, temb, train)
 
         for level, mult in reversed(list(enumerate(self.ch_mult))):
             for _ in range(self.num_res_blocks + 1):
-                h = ResBlock(self.ch * mult, **res_kw)(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+                h = Res(self.ch * mult, **res_kw)(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = AttentionBlock(**attn_kw)(h)
+                    h = Attn(**attn_kw)(h)
             if level != 0:
                 h = Upsample(self.resample_with_conv)(h)
         assert not hs, "every skip connection is consumed"

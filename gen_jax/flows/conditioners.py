@@ -12,7 +12,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from gen_jax.nn import Conv
+from gen_jax.nn import Conv, remat
+from gen_jax.precision import Policy
 
 _zeros = nn.initializers.zeros
 
@@ -67,13 +68,16 @@ class ConvNet(nn.Module):
 
 
 def make_conditioner(
-    rank: int, hidden: Sequence[int], out_features: int, num_res_blocks: int = 0
-) -> nn.Module:
-    """An MLP for ``rank == 2`` inputs ``[B, D]``, a ConvNet for ``rank == 4`` inputs ``[B, H, W, C]``."""
+    rank: int, hidden: Sequence[int], out_features: int, num_res_blocks: int = 0, precision: Policy = Policy(),
+    remat_policy: str | None = None,
+):
+    """An MLP for ``rank == 2`` inputs ``[B, D]``, a ConvNet for ``rank == 4`` inputs ``[B, H, W, C]``, computing
+    in ``precision``'s dtype (float32 out; :meth:`gen_jax.precision.Policy.network`) and rematerialised with
+    ``remat_policy`` (:func:`gen_jax.nn.remat`). Build it inside the coupling's compact method."""
     if not hidden:
         raise ValueError(f"hidden must name at least one layer width, got {hidden!r}")
     if rank == 2:
-        return MLP(tuple(hidden), out_features)
+        return precision.network(remat(MLP, remat_policy), tuple(hidden), out_features)
     if rank == 4:
-        return ConvNet(tuple(hidden), out_features, num_res_blocks)
+        return precision.network(remat(ConvNet, remat_policy), tuple(hidden), out_features, num_res_blocks)
     raise ValueError(f"conditioners take [B, D] or [B, H, W, C] inputs, got rank {rank}")

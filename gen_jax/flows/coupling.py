@@ -14,6 +14,7 @@ import numpy as np
 from gen_jax.flows.bijectors import Bijector, _soft_clamp, _zeros_like_batch
 from gen_jax.flows.conditioners import make_conditioner
 from gen_jax.ops import sum_except_batch
+from gen_jax.precision import Policy
 
 Array = jax.Array
 
@@ -81,6 +82,8 @@ class AffineCoupling(Bijector):
     hidden: Sequence[int] = (64, 64)
     num_res_blocks: int = 0
     max_log_scale: float = 3.0
+    precision: Policy = Policy()
+    remat: str | None = None
 
     @nn.compact
     def _transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
@@ -88,7 +91,7 @@ class AffineCoupling(Bijector):
             return self._checkerboard(x, inverse)
         idx_a, idx_b = _partition(x.shape[-1], self.mask, self.parity)
         x_a, x_b = _split(x, idx_a, idx_b)
-        net = make_conditioner(x.ndim, self.hidden, 2 * idx_b.size, self.num_res_blocks)
+        net = make_conditioner(x.ndim, self.hidden, 2 * idx_b.size, self.num_res_blocks, self.precision, self.remat)
         out = net(x_a)
         s = _soft_clamp(out[..., : idx_b.size], self.max_log_scale)
         t = out[..., idx_b.size :]
@@ -107,7 +110,7 @@ class AffineCoupling(Bijector):
         b, h, w, c = x.shape
         mask = jnp.asarray(checkerboard(h, w, self.parity), x.dtype)  # [1, H, W, 1]
         net_in = jnp.concatenate([x * mask, jnp.broadcast_to(mask, (b, h, w, 1))], axis=-1)
-        net = make_conditioner(4, self.hidden, 2 * c, self.num_res_blocks)
+        net = make_conditioner(4, self.hidden, 2 * c, self.num_res_blocks, self.precision, self.remat)
         out = net(net_in)
         s = _soft_clamp(out[..., :c], self.max_log_scale) * (1.0 - mask)
         t = out[..., c:] * (1.0 - mask)
@@ -126,6 +129,8 @@ class AdditiveCoupling(Bijector):
     parity: int = 0
     hidden: Sequence[int] = (64, 64)
     num_res_blocks: int = 0
+    precision: Policy = Policy()
+    remat: str | None = None
 
     @nn.compact
     def _transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
@@ -136,11 +141,13 @@ class AdditiveCoupling(Bijector):
             b, h, w, c = x.shape
             mask = jnp.asarray(checkerboard(h, w, self.parity), x.dtype)
             net_in = jnp.concatenate([x * mask, jnp.broadcast_to(mask, (b, h, w, 1))], axis=-1)
-            t = make_conditioner(4, self.hidden, c, self.num_res_blocks)(net_in) * (1.0 - mask)
+            net = make_conditioner(4, self.hidden, c, self.num_res_blocks, self.precision, self.remat)
+            t = net(net_in) * (1.0 - mask)
             return x + sign * t, _zeros_like_batch(x)
         idx_a, idx_b = _partition(x.shape[-1], self.mask, self.parity)
         x_a, x_b = _split(x, idx_a, idx_b)
-        t = make_conditioner(x.ndim, self.hidden, idx_b.size, self.num_res_blocks)(x_a)
+        net = make_conditioner(x.ndim, self.hidden, idx_b.size, self.num_res_blocks, self.precision, self.remat)
+        t = net(x_a)
         return _merge(x_a, x_b + sign * t, idx_a, idx_b), _zeros_like_batch(x)
 
 
@@ -269,6 +276,8 @@ class SplineCoupling(Bijector):
     num_bins: int = 8
     bound: float = 5.0
     num_res_blocks: int = 0
+    precision: Policy = Policy()
+    remat: str | None = None
 
     @nn.compact
     def _transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
@@ -277,7 +286,8 @@ class SplineCoupling(Bijector):
         k = self.num_bins
         idx_a, idx_b = _partition(x.shape[-1], self.mask, self.parity)
         x_a, x_b = _split(x, idx_a, idx_b)
-        net = make_conditioner(x.ndim, self.hidden, idx_b.size * (3 * k - 1), self.num_res_blocks)
+        net = make_conditioner(x.ndim, self.hidden, idx_b.size * (3 * k - 1), self.num_res_blocks, self.precision,
+                               self.remat)
         theta = net(x_a).reshape(*x_b.shape, 3 * k - 1)
         y_b, ld = rational_quadratic_spline(
             x_b, theta[..., :k], theta[..., k : 2 * k], theta[..., 2 * k :],

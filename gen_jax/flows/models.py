@@ -47,6 +47,7 @@ from gen_jax.flows.coupling import (
     SplineCoupling,
 )
 from gen_jax.ops import standard_normal_log_prob
+from gen_jax.precision import Policy
 
 Array = jax.Array
 
@@ -56,7 +57,19 @@ class FlowModel(nn.Module):
 
     Subclasses build ``self.bijector`` in ``setup`` and define ``event_shape``. Calling the model is
     ``forward`` (so ``model.init(key, x)`` runs the data-dependent initialisation on ``x``).
+    ``precision`` is the compute dtype of the coupling conditioners (:class:`gen_jax.precision.Policy`);
+    the transforms themselves and their log-dets stay float32 (MAF's MADE stays float32 throughout).
+    ``remat`` rematerialises each coupling conditioner in the backward pass with that named policy
+    (:data:`gen_jax.nn.REMAT_POLICIES`; None: keep every activation).
     """
+
+    precision: Policy = Policy()
+    remat: str | None = None
+
+    @property
+    def network_options(self) -> dict:
+        """What every coupling layer's conditioner is built with."""
+        return {"precision": self.precision, "remat": self.remat}
 
     @property
     def event_shape(self) -> tuple[int, ...]:  # pragma: no cover - abstract
@@ -122,7 +135,7 @@ class RealNVP(FlowModel):
                 layers.append(ActNorm())
             layers.append(
                 AffineCoupling(mask="alternate", parity=i % 2, hidden=tuple(self.hidden),
-                               max_log_scale=self.max_log_scale)
+                               max_log_scale=self.max_log_scale, **self.network_options)
             )
         self.bijector = Chain(tuple(layers))
 
@@ -157,7 +170,7 @@ class NSF(FlowModel):
                 layers.append(Invertible1x1Conv(lu=True, seed=i))
             layers.append(
                 SplineCoupling(mask="alternate", parity=i % 2, hidden=tuple(self.hidden),
-                               num_bins=self.num_bins, bound=self.bound)
+                               num_bins=self.num_bins, bound=self.bound, **self.network_options)
             )
         self.bijector = Chain(tuple(layers))
 
@@ -188,6 +201,8 @@ class MAF(FlowModel):
         for i in range(self.num_layers):
             if i > 0:
                 layers.append(Permute("reverse"))
+            # the MADE stays float32 whatever the policy: the inverse evaluates it D more times on other
+            # inputs, and bfloat16 rounding there broke invertibility (2e-3 in x)
             layers.append(MaskedAutoregressive(hidden=tuple(self.hidden), max_log_scale=self.max_log_scale))
             if self.actnorm:
                 layers.append(ActNorm())
@@ -248,7 +263,8 @@ class MultiScaleRealNVP(FlowModel):
         layers = [ActNorm()] if self.actnorm else []
         layers.append(
             AffineCoupling(mask=mask, parity=parity, hidden=tuple(self.hidden),
-                           num_res_blocks=self.num_res_blocks, max_log_scale=self.max_log_scale)
+                           num_res_blocks=self.num_res_blocks, max_log_scale=self.max_log_scale,
+                           **self.network_options)
         )
         return layers
 
@@ -311,9 +327,9 @@ class Glow(FlowModel):
 
     def _coupling(self) -> Bijector:
         if self.additive:
-            return AdditiveCoupling(mask="channel", parity=0, hidden=tuple(self.hidden))
+            return AdditiveCoupling(mask="channel", parity=0, hidden=tuple(self.hidden), **self.network_options)
         return AffineCoupling(mask="channel", parity=0, hidden=tuple(self.hidden),
-                              max_log_scale=self.max_log_scale)
+                              max_log_scale=self.max_log_scale, **self.network_options)
 
     def setup(self):
         if self.num_levels < 1 or self.num_steps < 1:
@@ -327,6 +343,6 @@ class Glow(FlowModel):
                            self._coupling()]
             if self.learn_split_prior and lvl < self.num_levels - 1:
                 layers.append(AffineCoupling(mask="channel", parity=0, hidden=tuple(self.hidden),
-                                             max_log_scale=self.max_log_scale))
+                                             max_log_scale=self.max_log_scale, **self.network_options))
             levels.append(Chain(tuple(layers)))
         self.bijector = Chain((_preprocess(self.preprocess, self.alpha), MultiScaleFlow(tuple(levels))))

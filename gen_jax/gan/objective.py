@@ -22,6 +22,7 @@ from gen_jax.data.preprocess import to_symmetric
 from gen_jax.gan import losses as L
 from gen_jax.gan.models import init_gan
 from gen_jax.gan.sampling import generate
+from gen_jax.precision import Policy
 
 
 
@@ -73,6 +74,8 @@ class GAN:
         labels), or None.
       pack_size: PacGAN packing degree ``m`` (D sees ``m`` examples at once; 1 disables).
       n_critic: discriminator updates per generator update.
+      precision: both players' compute dtype (:class:`gen_jax.precision.Policy`; logits and losses are
+        float32).
     """
 
     generator: nn.Module
@@ -84,6 +87,7 @@ class GAN:
     num_classes: int | None = None
     pack_size: int = 1
     n_critic: int = 1
+    precision: Policy = Policy()
 
     def __post_init__(self):
         if self.loss not in L.LOSS_KINDS:
@@ -111,10 +115,10 @@ class GAN:
         """D logits ``[B]`` and D's (possibly updated) model state."""
         variables = {"params": d_params, **d_state}
         if update_stats and d_state:
-            logits, mutated = self.discriminator.apply(variables, x, labels, update_stats=True,
-                                                       mutable=list(d_state))
+            logits, mutated = self.precision.apply(self.discriminator, variables, x, labels, update_stats=True,
+                                                   mutable=list(d_state))
             return logits, dict(mutated)
-        return self.discriminator.apply(variables, x, labels, update_stats=False), d_state
+        return self.precision.apply(self.discriminator, variables, x, labels, update_stats=False), d_state
 
     def _labels(self, batch: dict):
         if self.num_classes is None:
@@ -130,7 +134,8 @@ class GAN:
         labels = self._labels(batch)
         z_key, gp_key = jax.random.split(rng)
         fake = jax.lax.stop_gradient(
-            generate(self.generator, params["g"], z_key, real.shape[0], latent_dim=self.latent_dim, labels=labels))
+            generate(self.generator, params["g"], z_key, real.shape[0], latent_dim=self.latent_dim, labels=labels,
+                     precision=self.precision))
         real_in, fake_in = pack(real, self.pack_size), pack(fake, self.pack_size)
         n = real_in.shape[0]
         both_labels = None if labels is None else jnp.concatenate([labels, labels])
@@ -163,7 +168,7 @@ class GAN:
         """The generator's loss (D's statistics read, not updated) and ``g_fake_prob``."""
         labels = self._labels(batch)
         fake = generate(self.generator, params["g"], rng, batch["x"].shape[0], latent_dim=self.latent_dim,
-                        labels=labels)
+                        labels=labels, precision=self.precision)
         fake_logits, _ = self.discriminate(params["d"], model_state["d"], pack(fake, self.pack_size), labels, False)
         g_loss = jnp.mean(L.generator_loss_terms(fake_logits, self.loss))
         return g_loss, ({"g_fake_prob": jnp.mean(jax.nn.sigmoid(fake_logits))}, model_state)
@@ -172,5 +177,6 @@ class GAN:
         """``n`` samples ``G(z)`` (random labels for a conditional G); images mapped to [0, 1]."""
         label_key, z_key = jax.random.split(key)
         labels = None if self.num_classes is None else jax.random.randint(label_key, (n,), 0, self.num_classes)
-        x = generate(self.generator, params["g"], z_key, n, latent_dim=self.latent_dim, labels=labels)
+        x = generate(self.generator, params["g"], z_key, n, latent_dim=self.latent_dim, labels=labels,
+                     precision=self.precision)
         return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0) if x.ndim == 4 else x

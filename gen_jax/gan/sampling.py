@@ -7,6 +7,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from gen_jax.precision import Policy
+
 PyTree = Any
 
 
@@ -25,6 +27,7 @@ def generate(
     *,
     latent_dim: int,
     labels: jax.Array | None = None,
+    precision: Policy = Policy(),
 ) -> jax.Array:
     """``n`` samples ``G(z)`` in the generator's output space (images: ``[-1, 1]``).
 
@@ -35,6 +38,7 @@ def generate(
       n: number of samples.
       latent_dim: dimension of ``z``.
       labels: ``[n]`` int labels for a conditional generator, else ``None``.
+      precision: the generator's compute dtype (:class:`gen_jax.precision.Policy`; samples are float32).
     """
     z = sample_latent(key, n, latent_dim)
-    return generator.apply({"params": g_params}, z, labels)
+    return precision.apply(generator, {"params": g_params}, z, labels)

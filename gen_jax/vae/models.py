@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.nn import Conv, Upsample2x, downsample_layer
+from gen_jax.precision import Policy
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -158,15 +159,18 @@ class VAE(nn.Module):
       encoder: module x -> (mean [B, k], log_var [B, k]).
       decoder: module z [B, k] -> likelihood parameters.
       latent_dim: k; must equal the encoder's output size.
+      precision: the networks' compute dtype (:class:`gen_jax.precision.Policy`; their outputs, and so the
+        bounds, are float32).
     """
 
     encoder: nn.Module
     decoder: nn.Module
     latent_dim: int
+    precision: Policy = Policy()
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x -> (mean, log_var) of q_phi(z|x), each ``[B, k]``."""
-        mean, log_var = self.encoder(x)
+        mean, log_var = self.precision.call(self, lambda m, x: m.encoder(x), x)
         if mean.shape[-1] != self.latent_dim:
             raise ValueError(
                 f"encoder returned latent size {mean.shape[-1]}, expected latent_dim={self.latent_dim}.")
@@ -176,7 +180,7 @@ class VAE(nn.Module):
         """z ``[B, k]`` -> raw parameters of p_theta(x|z)."""
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must have shape [B, {self.latent_dim}], got {z.shape}.")
-        return self.decoder(z)
+        return self.precision.call(self, lambda m, z: m.decoder(z), z)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         mean, _ = self.encode(x)
@@ -184,19 +188,20 @@ class VAE(nn.Module):
 
 
 def mlp_vae(event_shape: Sequence[int], *, latent_dim: int, num_params: int,
-            hidden: Sequence[int] = (512, 512), activation: Activation = nn.relu) -> VAE:
+            hidden: Sequence[int] = (512, 512), activation: Activation = nn.relu,
+            precision: Policy = Policy()) -> VAE:
     """A VAE with MLP encoder and decoder (decoder hidden widths mirror the encoder's)."""
     return VAE(
         encoder=MLPEncoder(latent_dim=latent_dim, hidden=tuple(hidden), activation=activation),
         decoder=MLPDecoder(event_shape=tuple(event_shape), num_params=num_params,
                            hidden=tuple(reversed(hidden)), activation=activation),
-        latent_dim=latent_dim)
+        latent_dim=latent_dim, precision=precision)
 
 
 def conv_vae(event_shape: Sequence[int], *, latent_dim: int, num_params: int,
              features: Sequence[int] = (32, 64), dense: int = 256,
              activation: Activation = nn.relu, upsample: str = "transpose",
-             downsample: str = "strided") -> VAE:
+             downsample: str = "strided", precision: Policy = Policy()) -> VAE:
     """A VAE with conv encoder and mirrored upsampling decoder for images ``(H, W, C)`` (``upsample``:
     see :class:`ConvDecoder`; ``downsample``: see :class:`ConvEncoder`)."""
     if len(event_shape) != 3:
@@ -207,4 +212,4 @@ def conv_vae(event_shape: Sequence[int], *, latent_dim: int, num_params: int,
         decoder=ConvDecoder(event_shape=tuple(event_shape), num_params=num_params,
                             features=tuple(reversed(features)), dense=dense, activation=activation,
                             upsample=upsample),
-        latent_dim=latent_dim)
+        latent_dim=latent_dim, precision=precision)
