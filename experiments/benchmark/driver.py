@@ -23,7 +23,8 @@ from experiments.benchmark.samplers import measure_samplers
 from experiments.benchmark.input import measure_input
 from experiments.benchmark.sections import (measure_batch_scaling, measure_data_parallel, measure_donation,
                                             measure_op_by_op, measure_vmap, measure_xla_flags)
-from experiments.benchmark.suites import SECTIONS, Entry, Suite, cheapest, discover, evaluate_targets
+from experiments.benchmark.suites import (SECTIONS, Entry, Suite, cheapest, discover, evaluate_targets,
+                                          with_variants)
 from experiments.benchmark.timing import configure_jax, matmul_peak
 from experiments.benchmark.workers import ROOT
 
@@ -110,12 +111,14 @@ def run(suite: Suite, families: tuple[str, ...], out_dir: str, names: tuple[str,
         for s in skipped:
             log(f"skipped {s['family']} {s['config']}: {s['reason'][:200]}")
         measured = [e for e in entries if e.size in suite.measure_sizes or names]
+        timed, skipped_variants = with_variants(measured, suite)  # the main table; sections time the bases
+        records.extend(skipped_variants)
         described = [e for e in entries if e.size in suite.describe_sizes and not names]
         if only:
             skip = tuple(x for x in SECTIONS if x not in only)
-        layers = {} if only else _per_config(records, measured, described, suite, peak["gflops_per_s"] * 1e9,
+        layers = {} if only else _per_config(records, timed, described, suite, peak["gflops_per_s"] * 1e9,
                                              stamp)
-        _sections(records, measured, suite, peak["gflops_per_s"] * 1e9, skip, stamp, data_dir)
+        _sections(records, measured, suite, peak["gflops_per_s"] * 1e9, skip, stamp, data_dir, timed)
         peak_end = matmul_peak(suite.matmul_n)
         records.append({"kind": "matmul_peak", "family": "-", "config": "-", "when": "end", **peak_end})
     env["wall_s"] = time.perf_counter() - t_start
@@ -151,8 +154,10 @@ def _add_architecture(layers: dict[str, dict], entry: Entry) -> list[dict]:
 
 
 def _sections(records: list[dict], measured: list[Entry], suite: Suite, peak_flops: float,
-              skip: tuple[str, ...], stamp: Callable[[str], None], data_dir: str | None = None) -> None:
-    """The cross-config sections not in ``skip``, each on the configs it applies to."""
+              skip: tuple[str, ...], stamp: Callable[[str], None], data_dir: str | None = None,
+              timed: list[Entry] = ()) -> None:
+    """The cross-config sections not in ``skip``, each on the configs it applies to (``timed``: ``measured``
+    with the suite's variants, which the batch scaling repeats for its config)."""
     on_cpu = jax.default_backend() == "cpu"
     toy = [e for e in measured if e.size == "toy"]
     if toy and suite.op_by_op_steps and "op_by_op" not in skip:
@@ -164,10 +169,9 @@ def _sections(records: list[dict], measured: list[Entry], suite: Suite, peak_flo
             guard(records, "vmap", e, lambda e=e: measure_vmap(e, suite))
     for size, batches in ({} if "scaling" in skip else suite.scaling_batches).items():
         pick = cheapest([e for e in measured if e.size == size], records)
-        if pick is not None:
-            stamp(f"batch scaling: {pick.name}")
-            guard(records, "batch scaling", pick,
-                  lambda p=pick, b=batches: measure_batch_scaling(p, b, suite, peak_flops))
+        for e in [] if pick is None else [pick, *(v for v in timed if v.name.startswith(pick.name + "["))]:
+            stamp(f"batch scaling: {e.name}")
+            guard(records, "batch scaling", e, lambda p=e, b=batches: measure_batch_scaling(p, b, suite, peak_flops))
     for size in () if "dp" in skip else suite.dp_sizes:
         pick = cheapest([e for e in measured if e.size == size], records)
         if pick is not None:

@@ -175,11 +175,18 @@ def _vmap(by: Records) -> list[str]:
 def _batch_scaling(by: Records) -> list[str]:
     if not by("batch_scaling"):
         return []
-    return ["## Batch-size scaling", "",
-            *_table(["config", "batch", "step ms", "examples/s", "% peak"],
-                    [[r["config"], str(r["batch"]), f"{_ms(r['median_s'])} ± {_ms(r['iqr_s'])}",
-                      _fmt(r["examples_per_s"], ".4g"), _pct(r.get("peak_fraction"))]
-                     for r in by("batch_scaling")]), ""]
+    out = ["## Batch-size scaling", "",
+           *_table(["config", "batch", "step ms", "examples/s", "% peak", "XLA MB"],
+                   [[r["config"], str(r["batch"]), f"{_ms(r['median_s'])} ± {_ms(r['iqr_s'])}",
+                     _fmt(r["examples_per_s"], ".4g"), _pct(r.get("peak_fraction")), _mb(r.get("xla_total_bytes"))]
+                    for r in by("batch_scaling")]), ""]
+    if by("memory_budget"):
+        out += ["Largest batch within the memory budget (XLA's buffers, affine in the batch from the two largest "
+                "batches):", "",
+                *_table(["config", "budget MB", "MB per example", "fixed MB", "largest batch"],
+                        [[r["config"], _mb(r["budget_bytes"]), _fmt(r["bytes_per_example"] / 2**20, ".3g"),
+                          _mb(r["fixed_bytes"]), str(r["largest_batch"])] for r in by("memory_budget")]), ""]
+    return out
 
 
 def _data_parallel(by: Records) -> list[str]:

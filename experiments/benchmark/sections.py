@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from experiments.benchmark import tasks
-from experiments.benchmark.hlo import flops_of
+from experiments.benchmark.hlo import flops_of, memory_of
 from experiments.benchmark.suites import Entry, Suite, batch_for
 from experiments.benchmark.timing import MatmulProbe, fractions, jittable, placed, summarize, timed_steps
 from experiments.benchmark.workers import run_worker
@@ -75,22 +75,52 @@ def _wide_batch_step_s(entry: Entry, suite: Suite, batch_size: int) -> float:
 
 
 def measure_batch_scaling(entry: Entry, batches: tuple[int, ...], suite: Suite, peak_flops: float) -> list[dict]:
-    """Step time, examples/s and fraction of peak at several batch sizes of one config."""
+    """Step time, examples/s, fraction of peak and XLA's buffer memory at several batch sizes of one config,
+    and the largest batch whose memory fits the budget (:func:`largest_batch`)."""
     records = []
     for b in batches:
         task, data = tasks.load(entry.config, b)
         step = tasks.train_step(task)
         state, batch = placed(tasks.init_fn(task)(jax.random.key(0)), tasks.example_batch(data, b))
-        flops = flops_of(jittable(step).lower(state, batch).compile().cost_analysis())
+        compiled = jittable(step).lower(state, batch).compile()
+        flops = flops_of(compiled.cost_analysis())
         probe = MatmulProbe(suite.matmul_n)
         state, times = timed_steps(step, state, batch, suite.warmup, suite.section_steps, probe)
         stats = summarize(times)
         rec = {"kind": "batch_scaling", "family": entry.family, "config": entry.name, "size": entry.size,
-               "batch": b, **stats, "examples_per_s": b / stats["median_s"], "flops": flops}
+               "batch": b, **stats, "examples_per_s": b / stats["median_s"], "flops": flops, **memory_of(compiled)}
         if flops:
             rec.update(fractions(flops, stats["median_s"], probe, peak_flops))
         records.append(rec)
+    fit = largest_batch(records, suite.memory_budget_bytes or device_memory_limit())
+    if fit:
+        records.append({"kind": "memory_budget", "family": entry.family, "config": entry.name, "size": entry.size,
+                        **fit})
     return records
+
+
+def device_memory_limit() -> int:
+    """The first device's memory limit in bytes (GPU/TPU); 0 where the backend reports none (CPU)."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except (NotImplementedError, jax.errors.JaxRuntimeError):
+        return 0
+    return int(stats.get("bytes_limit", 0))
+
+
+def largest_batch(records: list[dict], budget_bytes: int) -> dict:
+    """The largest batch whose XLA buffer memory fits ``budget_bytes``, from the memory of the two largest
+    batches measured (memory is affine in the batch: state + batch x per-example activations), as
+    ``{'budget_bytes', 'bytes_per_example', 'fixed_bytes', 'largest_batch'}``; {} without a budget or two sizes."""
+    sized = sorted((r["batch"], r["xla_total_bytes"]) for r in records if r.get("xla_total_bytes"))
+    if budget_bytes <= 0 or len(sized) < 2:
+        return {}
+    (b1, m1), (b2, m2) = sized[-2], sized[-1]
+    per_example = (m2 - m1) / (b2 - b1)
+    fixed = m2 - per_example * b2
+    largest = int((budget_bytes - fixed) // per_example) if per_example > 0 else None
+    return {"budget_bytes": int(budget_bytes), "bytes_per_example": per_example, "fixed_bytes": fixed,
+            "largest_batch": largest}
 
 
 def measure_data_parallel(entry: Entry, suite: Suite, on_cpu: bool) -> list[dict]:

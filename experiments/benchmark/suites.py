@@ -55,6 +55,12 @@ class Suite:
       kernel_batch: batch of the single-layer (convolution kind) measurements; 0 skips them.
       section_steps: timed steps of batch scaling, data parallelism and XLA flags (twice that for
         donation); they time the cheapest config of a size class (fastest step in the main table).
+      variants: config overrides (``'train.precision=bfloat16'``, ``'model.remat=full'``) each measured config
+        of ``variant_sizes`` is also timed with, next to it in the main table (step time, memory): the
+        ratios of one run. A config without the overridden field is skipped with a note.
+      variant_sizes: the size classes whose configs get the variants (also timed in the batch scaling).
+      memory_budget_bytes: the memory the largest-batch fit of the batch scaling aims at (0: the device's
+        own limit where it reports one; none on CPU).
     """
 
     name: str
@@ -78,6 +84,9 @@ class Suite:
     flag_variants: tuple[str, ...] = ()
     kernel_batch: int = 0
     section_steps: int = 5
+    variants: tuple[str, ...] = ()
+    variant_sizes: tuple[str, ...] = ()
+    memory_budget_bytes: int = 0
 
 
 CPU_FLAG_VARIANTS = (
@@ -106,7 +115,9 @@ SUITES = {
                          "cifar": (32, 64, 128, 256)},
         dp_devices=(1, 2, 4, 8), dp_sizes=("cifar",), loop_steps=10, ddim_steps=50,
         sample_n={"toy": 10_000, "mnist": 64, "cifar": 64}, ddpm_sizes=("toy", "mnist", "cifar"),
-        tuning_sizes=("cifar",), kernel_batch=128, section_steps=20),
+        tuning_sizes=("cifar",), kernel_batch=128, section_steps=20,
+        variants=("train.precision=bfloat16", "model.remat=dots", "model.remat=full",
+                  "train.precision=bfloat16,model.remat=full"), variant_sizes=("mnist", "cifar")),
 }
 
 
@@ -219,3 +230,21 @@ def evaluate_targets(records: list[dict], backend: str) -> list[dict]:
                                       f"guard={'ok' if r['transfer_guard_ok'] else 'FAIL'}" for r in lc) or "-",
                 "met": all(r["ok"] for r in lc) if lc else None})
     return out
+
+
+def with_variants(entries: list[Entry], suite: Suite) -> tuple[list[Entry], list[dict]]:
+    """``entries`` with, after each one of ``suite.variant_sizes``, one entry per ``suite.variants`` (its spec
+    ``'name[override]'``); a variant whose override the config does not have becomes a skipped record."""
+    out, skipped = [], []
+    for e in entries:
+        out.append(e)
+        if e.size not in suite.variant_sizes or "[" in e.name:
+            continue
+        for override in suite.variants:
+            spec = f"{e.name}[{override}]"
+            try:
+                out.append(entry_of(spec, suite.config_arg))
+            except (ValueError, TypeError) as err:
+                skipped.append({"kind": "skipped", "family": e.family, "config": spec,
+                                "reason": f"{type(err).__name__}: {err}"})
+    return out, skipped
