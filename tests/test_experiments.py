@@ -59,7 +59,7 @@ def test_every_config_value_can_be_overridden_from_the_cli(name):
 
 
 # Accelerator-sized models: their smoke runs compile large programs, so they run with -m slow.
-SLOW_SMOKE = {"glow_cifar10", "realnvp_mnist", "ddpm_cifar10", "vae_conv_mnist",
+SLOW_SMOKE = {"glow_cifar10", "realnvp_mnist", "ddpm_cifar10", "vae_conv_mnist", "dcgan_cifar10",
               "vdm_mnist", "fm_mnist"}  # their U-Net paths: ddpm_mnist's smoke run (default) and the unit tests
 
 

@@ -230,7 +230,8 @@ def _flax_key(torch_key: str) -> tuple[str, ...] | None:
 
 
 def _to_flax_layout(value: np.ndarray) -> np.ndarray:
-    """PyTorch ``[out, in, kh, kw]`` conv and ``[out, in]`` linear weights -> Flax ``[kh, kw, in, out]`` / ``[in, out]``."""
+    """PyTorch ``[out, in, kh, kw]`` conv and ``[out, in]`` linear weights -> Flax ``[kh, kw, in, out]`` and
+    ``[in, out]``."""
     if value.ndim == 4:
         return np.transpose(value, (2, 3, 1, 0))
     if value.ndim == 2:
@@ -292,7 +293,8 @@ def load_weights(path: str | None) -> dict:
         raise FileNotFoundError(
             f"FID/IS/KID need the FID Inception-v3 weights, and {where}. Get pytorch-fid's {TORCH_WEIGHTS_FILE} "
             f"(its release page; nothing is downloaded at run time) and convert it once: {CONVERT_COMMAND} "
-            f"(needs torch for this step only); then pass the .npz, e.g. --config.eval.inception_weights=inception_fid.npz")
+            f"(needs torch for this step only); then pass the .npz, e.g. "
+            f"--config.eval.inception_weights=inception_fid.npz")
     try:
         with np.load(path) as f:
             flat = {k: f[k] for k in f.files}
@@ -367,7 +369,8 @@ def _read_torch(path: str) -> dict:
     try:
         import torch
     except ImportError:
-        raise SystemExit(f"reading {path} needs PyTorch (only for this one-time conversion): pip install torch") from None
+        raise SystemExit(f"reading {path} needs PyTorch (only for this one-time conversion): "
+                         f"pip install torch") from None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
