@@ -32,13 +32,13 @@ def _context(images, options):
     data = DataSpec(kind="image", shape=images.shape[1:], name="toy_images", num_classes=1, train=train,
                     fingerprint={"train": train.fingerprint(), "test": train.fingerprint()})
     return Context(model=None, data=data, options=options, params=[None], model_state=[None], sample=None,
-                   batches=lambda: iter([{"x": images[:6]}, {"x": images[6:]}]), num_batches=2)
+                   batches=lambda: iter([{"x": images[:2]}, {"x": images[2:]}]), num_batches=2)
 
 
 def test_fid_of_the_reference_with_itself_is_zero_and_its_statistics_are_cached(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
-    options = config_dict.ConfigDict(dict(inception_weights=_weights(tmp_path, 0), inception_num_samples=12,
-                                          inception_reference="train", inception_batch_size=8,
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    options = config_dict.ConfigDict(dict(inception_weights=_weights(tmp_path, 0), inception_num_samples=4,
+                                          inception_reference="train", inception_batch_size=4,
                                           inception_stats_dir=str(tmp_path / "stats")))
     ev = InceptionMetrics(options, _context(images, options))
     out = ev(None, None, images.astype(np.float32) / 255.0)  # the reference itself, as samples in [0, 1]

@@ -130,13 +130,13 @@ def test_flow_log_det_is_the_exact_log_determinant_of_its_bfloat16_map(layer, sh
 
 
 def test_a_bfloat16_toy_run_trains_as_well_as_float32():
-    """ddpm_toy (width 64), 1000 steps from the same seed and batches in each precision: the held-out denoising
-    loss (fixed noise and times) ends equal within the spread between seeds (0.244-0.249 over three seeds of
-    float32; bfloat16 differed from float32 by at most 0.0006 on each)."""
+    """ddpm_toy (width 64), 500 steps from the same seed and batches in each precision: the held-out denoising
+    loss (fixed noise and times) ends equal within the spread between seeds (0.252-0.258 over three seeds of
+    float32; bfloat16 differed from float32 by at most 0.0002 on each)."""
     from gen_jax.train import make_train_step
 
     test_x = toy.ring8().sample(jax.random.key(99), 4096)
-    batches = np.asarray(toy.ring8().sample(jax.random.key(100), 1000 * 256)).reshape(1000, 256, 2)
+    batches = np.asarray(toy.ring8().sample(jax.random.key(100), 500 * 256)).reshape(500, 256, 2)
     final = {}
     for precision in ("float32", "bfloat16"):
         c = importlib.import_module("experiments.configs.ddpm_toy").get_config()
