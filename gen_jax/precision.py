@@ -93,9 +93,7 @@ class Policy:
         in float32 (``nn.map_variables``: the parameter tree is the same as without a policy)."""
         if self.is_full:
             return fn(module, x, *args)
-        mapped = nn.map_variables(fn, "params", trans_in_fn=self.cast_to_compute,
-                                  trans_out_fn=lambda t: _cast_floating(t, jnp.float32), init=True, mutable=True)
-        return self.cast_to_float32(mapped(module, self.cast_to_compute(x), *args))
+        return self.cast_to_float32(_params_in(fn, self.compute)(module, self.cast_to_compute(x), *args))
 
     def network(self, cls: type[nn.Module], *args, **kwargs):
         """``cls(*args, **kwargs)``, built inside another Flax module's compact method, computing in the compute
@@ -108,13 +106,18 @@ class Policy:
         return lambda x, *a, **k: self.cast_to_float32(module(self.cast_to_compute(x), *a, **k))
 
 
+def _params_in(target, compute: str):
+    """``target`` (a Module class or a function of a bound module) with the ``'params'`` it reads in ``compute``
+    and those it creates stored in float32 (``nn.map_variables``)."""
+    dtype = jnp.dtype(compute)
+    return nn.map_variables(target, "params", trans_in_fn=lambda t: _cast_floating(t, dtype),
+                            trans_out_fn=lambda t: _cast_floating(t, jnp.float32), init=True, mutable=True)
+
+
 @functools.lru_cache(maxsize=None)
 def _in_dtype(cls: type[nn.Module], compute: str) -> type[nn.Module]:
-    """``cls`` with its ``'params'`` read in ``compute`` and written in float32 (``nn.map_variables``), under
-    ``cls``'s own name, so Flax names its instances as it names ``cls``'s."""
-    dtype = jnp.dtype(compute)
-    mapped = nn.map_variables(cls, "params", trans_in_fn=lambda t: _cast_floating(t, dtype),
-                              trans_out_fn=lambda t: _cast_floating(t, jnp.float32), init=True, mutable=True)
+    """:func:`_params_in` of ``cls`` under ``cls``'s own name, so Flax names its instances as it names ``cls``'s."""
+    mapped = _params_in(cls, compute)
     mapped.__name__, mapped.__qualname__ = cls.__name__, cls.__qualname__
     return mapped
 

@@ -36,6 +36,13 @@ def test_float32_adds_nothing_and_names_are_checked():
         validate_config(c)
 
 
+def _perturbed(params, scale: float):
+    """``params`` plus Gaussian noise: away from the zero-initialised output layers, so that outputs matter."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+
 def _model(name: str, precision: str, data: DataSpec):
     c = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
     c.train.precision = precision
@@ -71,10 +78,7 @@ def test_each_family_runs_its_networks_in_bfloat16_and_keeps_its_loss(name, data
     batch = {"x": x, "label": jnp.arange(x.shape[0]) % 10}
     params, state = f32.init(jax.random.key(1), {"x": init_x})
     assert jax.tree.structure(bf16.init(jax.random.key(1), {"x": init_x})[0]) == jax.tree.structure(params)
-    # away from the zero-initialised output layers, so that the networks' outputs matter
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    params = jax.tree.unflatten(tree, [p + 0.02 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    params = _perturbed(params, 0.02)
 
     def loss(model):
         fn = model.d_loss if hasattr(model, "d_loss") else model.loss
@@ -111,10 +115,7 @@ def test_flow_log_det_is_the_exact_log_determinant_of_its_bfloat16_map(layer, sh
     layers would differentiate the bfloat16 conditioners themselves, whose tangents are rounded.)"""
     layer = layer.clone(precision=Policy("bfloat16"))
     x = jax.random.normal(jax.random.key(0), (3, *shape))
-    params = layer.init(jax.random.key(1), x, method="forward")
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    params = _perturbed(layer.init(jax.random.key(1), x, method="forward"), 0.3)
     z, log_det = layer.apply(params, x, method="forward")
     assert log_det.dtype == jnp.float32 and float(jnp.max(jnp.abs(log_det))) > 0.05
     d = int(np.prod(shape))

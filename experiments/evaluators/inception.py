@@ -88,10 +88,7 @@ class InceptionMetrics:
         keep = np.sort(np.random.default_rng(0).permutation(len(pool))[:KID_REFERENCE])
         self._reference = (mu, sigma, pool[keep])
         if path:
-            os.makedirs(self.stats_dir, exist_ok=True)
-            tmp = f"{path}.tmp.npz"
-            np.savez(tmp, mu=mu, sigma=sigma, kid_features=pool[keep], meta=json.dumps(meta, sort_keys=True))
-            os.replace(tmp, path)
+            inc.write_npz(path, mu=mu, sigma=sigma, kid_features=pool[keep], meta=json.dumps(meta, sort_keys=True))
         return self._reference
 
     def __call__(self, params, key, samples) -> dict:

@@ -270,14 +270,20 @@ def check_variables(variables: Mapping, *, source: str) -> None:
         raise ValueError(f"{source} has non-finite values in {bad[:3]}")
 
 
+def write_npz(path: str, **arrays) -> str:
+    """``np.savez(path, **arrays)`` atomically (a temporary file, then renamed): an interrupted write leaves no
+    truncated file behind. Creates the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
 def save_weights(path: str, variables: Mapping) -> str:
     """Writes Flax variables to ``path`` as an ``.npz`` of ``'params/Mixed_5b/.../kernel'`` arrays (atomically)."""
     flat = traverse_util.flatten_dict(jax.device_get(dict(variables)), sep="/")
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-    os.replace(tmp, path)
-    return path
+    return write_npz(path, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
 
 
 def load_weights(path: str | None) -> dict:
