@@ -60,7 +60,8 @@ def test_every_config_value_can_be_overridden_from_the_cli(name):
 
 # Accelerator-sized models: their smoke runs compile large programs, so they run with -m slow.
 SLOW_SMOKE = {"glow_cifar10", "realnvp_mnist", "ddpm_cifar10", "vae_conv_mnist", "dcgan_cifar10",
-              "vdm_mnist", "fm_mnist"}  # their U-Net paths: ddpm_mnist's smoke run (default) and the unit tests
+              "vdm_mnist", "fm_mnist",  # their U-Net paths: ddpm_mnist's smoke run (default) and the unit tests
+              "dcgan_mnist"}  # 40 s; its players: tests/test_gan_models.py, the two-player run: gan_ring8's smoke run
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMOKE else n
