@@ -8,7 +8,7 @@ import os
 import sys
 
 import experiments.benchmark as benchmark
-from experiments.benchmark.driver import run
+from experiments.benchmark.driver import PEERS, run
 from experiments.benchmark.report import render_markdown
 from experiments.benchmark.suites import FAMILY_ORDER, SECTIONS, SUITES
 from experiments.benchmark.workers import worker
@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", default="", help="comma-separated sections to run alone (no per-config table)")
     parser.add_argument("--data_dir", default=None, help="tfds data_dir: the input section reads the real "
                                                          "datasets from it (else random images from a file)")
+    parser.add_argument("--peers", default="", choices=("", *PEERS),
+                        help="time each config's PyTorch twin next to it (needs torch; not in the default install)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_xla_cpu()  # what `experiments.train` runs with; worker subprocesses inherit it
     result = run(SUITES[args.suite], families, args.out, names, argv,
-                 log=lambda m: print(m, file=sys.stderr, flush=True), skip=skip, only=only, data_dir=args.data_dir)
+                 log=lambda m: print(m, file=sys.stderr, flush=True), skip=skip, only=only, data_dir=args.data_dir,
+                 peers=_names(args.peers))
     print(render_markdown(result))
     print(f"wrote {os.path.join(args.out, 'benchmark.json')} and benchmark.md, architectures.md "
           f"({result['env']['wall_s']:.0f} s)", file=sys.stderr)

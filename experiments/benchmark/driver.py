@@ -32,6 +32,8 @@ from experiments.benchmark.workers import ROOT
 # runtime errors (out of device memory, a program the backend cannot compile or run), a feature the
 # backend or family does not implement, and host memory exhaustion. Anything else is a bug: it propagates.
 MEASUREMENT_ERRORS = (jax.errors.JaxRuntimeError, NotImplementedError, MemoryError)
+# frameworks whose twins of the standard configs the 'peers' section can time (``--peers``)
+PEERS = ("torch",)
 
 
 def environment(suite: Suite, argv: list[str]) -> dict:
@@ -84,17 +86,19 @@ def guard(records: list[dict], what: str, entry: Entry | None, fn: Callable[[], 
 
 def run(suite: Suite, families: tuple[str, ...], out_dir: str, names: tuple[str, ...] = (),
         argv: list[str] | None = None, log: Callable[[str], None] = print, skip: tuple[str, ...] = (),
-        only: tuple[str, ...] = (), data_dir: str | None = None) -> dict:
+        only: tuple[str, ...] = (), data_dir: str | None = None, peers: tuple[str, ...] = ()) -> dict:
     """Runs ``suite`` over ``families`` (or the named configs) and writes the JSON + markdown.
 
     ``skip`` names cross-config sections to leave out (a subset of ``SECTIONS``); ``only`` runs just
     those sections, without the per-config table. ``data_dir``: where the input section finds the
-    real datasets (tfds); without it, it reads random images from a file.
+    real datasets (tfds); without it, it reads random images from a file. ``peers``: frameworks (of
+    :data:`PEERS`) whose twins the 'peers' section times next to each config.
     """
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gen_jax_bench_cache_") as cache_dir:
         configure_jax(cache_dir)
         env = environment(suite, argv or [])
+        env["peers"] = list(peers)
         records: list[dict] = []
         t_start = time.perf_counter()
 
@@ -118,7 +122,7 @@ def run(suite: Suite, families: tuple[str, ...], out_dir: str, names: tuple[str,
             skip = tuple(x for x in SECTIONS if x not in only)
         layers = {} if only else _per_config(records, timed, described, suite, peak["gflops_per_s"] * 1e9,
                                              stamp)
-        _sections(records, measured, suite, peak["gflops_per_s"] * 1e9, skip, stamp, data_dir, timed)
+        _sections(records, measured, suite, peak["gflops_per_s"] * 1e9, skip, stamp, data_dir, timed, peers)
         peak_end = matmul_peak(suite.matmul_n)
         records.append({"kind": "matmul_peak", "family": "-", "config": "-", "when": "end", **peak_end})
     env["wall_s"] = time.perf_counter() - t_start
@@ -155,7 +159,7 @@ def _add_architecture(layers: dict[str, dict], entry: Entry) -> list[dict]:
 
 def _sections(records: list[dict], measured: list[Entry], suite: Suite, peak_flops: float,
               skip: tuple[str, ...], stamp: Callable[[str], None], data_dir: str | None = None,
-              timed: list[Entry] = ()) -> None:
+              timed: list[Entry] = (), peers: tuple[str, ...] = ()) -> None:
     """The cross-config sections not in ``skip``, each on the configs it applies to (``timed``: ``measured``
     with the suite's variants, which the batch scaling repeats for its config)."""
     on_cpu = jax.default_backend() == "cpu"
@@ -194,6 +198,31 @@ def _sections(records: list[dict], measured: list[Entry], suite: Suite, peak_flo
     for e in (e for e in measured if e.family == "diffusion" and "samplers" not in skip):
         stamp(f"samplers: {e.name}")
         guard(records, "samplers", e, lambda e=e: measure_samplers(e, suite))
+    if "torch" in peers and "peers" not in skip:
+        _torch_peers(records, measured, suite, stamp)
+
+
+def _torch_peers(records: list[dict], measured: list[Entry], suite: Suite, stamp: Callable[[str], None]) -> None:
+    """The 'peers' section for PyTorch: every measured config with a twin; a note where torch or a twin is missing."""
+    from experiments.benchmark import peers
+
+    missing = peers.torch_missing()
+    if missing:
+        records.append({"kind": "skipped", "family": "-", "config": "-", "what": "peers", "reason": missing})
+        return
+    from experiments.benchmark.peers.section import measure_peers
+
+    for e in measured:
+        if "[" in e.name:
+            records.append({"kind": "skipped", "family": e.family, "config": e.name, "what": "peers",
+                            "reason": "twins mirror the base configs, not overridden ones"})
+            continue
+        if peers.base_name(e.name) not in peers.TWINS:
+            records.append({"kind": "skipped", "family": e.family, "config": e.name, "what": "peers",
+                            "reason": f"no PyTorch twin (twins: {', '.join(sorted(peers.TWINS))})"})
+            continue
+        stamp(f"PyTorch peer: {e.name}")
+        guard(records, "peers", e, lambda e=e: measure_peers(e, suite))
 
 
 def _write(out_dir: str, result: dict, layers: dict[str, dict]) -> None:

@@ -61,7 +61,7 @@ def render_markdown(result: dict) -> str:
     for section in (_train_steps, _profile, _op_by_op, _vmap, _batch_scaling, _data_parallel, _donation, _input):
         lines += section(by)
     lines += _xla_flags(by, env)
-    for section in (_kernels, _samplers, _loop_check):
+    for section in (_kernels, _samplers, _peers, _loop_check):
         lines += section(by)
     lines += _targets(result["targets"])
     lines += _skipped(by)
@@ -258,6 +258,33 @@ def _samplers(by: Records) -> list[str]:
                     [[r["config"], r["sampler"], str(r["steps"]), str(r["n"]), _fmt(r["median_s"]),
                       _fmt(r["first_call_s"]), _ms(r["denoiser_call_s"]), _fmt(r["steps_x_call_s"]),
                       f"{r['overhead_ratio']:.2f}", _fmt(r.get("no_network_s"))] for r in by("sampler")]), ""]
+
+
+def _peers(by: Records) -> list[str]:
+    if not by("peer"):
+        return []
+
+    def torch_ms(r: dict, label: str) -> str:
+        if f"torch_{label}_median_s" in r:
+            return f"{_ms(r[f'torch_{label}_median_s'])} ± {_ms(r[f'torch_{label}_iqr_s'])}"
+        return "n/a: " + r.get(f"torch_{label}_error", "-").replace("|", "/")[:120]
+
+    def ratio(r: dict, label: str) -> str:
+        return f"{r[f'ratio_{label}']:.2f}x" if f"ratio_{label}" in r else "-"
+
+    return ["## gen_jax vs PyTorch (`--peers torch`)", "",
+            "Each config's compiled step against its PyTorch twin (`experiments/benchmark/peers`: the same parameter "
+            "count per player, loss structure and optimizer; NCHW, PyTorch's native layout), eager and with the loss "
+            "under `torch.compile`, timed in alternating rounds in this run. ratio = PyTorch's step time / "
+            "gen_jax's (> 1: gen_jax faster); compile s = the first compiled call.", "",
+            *_table(["config", "batch", "params (= twin)", "gen_jax ms", "PyTorch eager ms", "torch.compile ms",
+                     "ratio eager", "ratio compile", "compile s"],
+                    [[r["config"], str(r["batch"]), _n_params(r["params"]) + ("" if r["params_equal"] else " (twin: "
+                      + _n_params(r.get("twin_params") or {}) + ")"),
+                      f"{_ms(r['jax_median_s'])} ± {_ms(r['jax_iqr_s'])}", torch_ms(r, "eager"),
+                      torch_ms(r, "compile"), ratio(r, "eager"), ratio(r, "compile"),
+                      _fmt(r.get("torch_compile_first_s"), ".0f")] for r in by("peer")]),
+            "", f"PyTorch: {by('peer')[0]['peer']}, {by('peer')[0]['torch_threads']} threads.", ""]
 
 
 def _loop_check(by: Records) -> list[str]:
