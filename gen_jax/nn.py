@@ -165,18 +165,56 @@ class GroupNorm(nn.Module):
                              f"got shape {x.shape}")
         scale = self.param("scale", nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
-        batch, per_group = x.shape[0], c // self.num_groups
-        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        positions = tuple(range(1, x.ndim - 1))
-        count = per_group * (xf.size // (batch * c))
-        s1 = jnp.sum(xf, axis=positions).reshape(batch, self.num_groups, per_group)       # [B, G, C/G]
-        s2 = jnp.sum(xf * xf, axis=positions).reshape(batch, self.num_groups, per_group)
-        mean = jnp.sum(s1, axis=-1, keepdims=True) / count                                # [B, G, 1]
-        var = jnp.maximum(jnp.sum(s2, axis=-1, keepdims=True) / count - mean * mean, 0.0)
-        a = jax.lax.rsqrt(var + self.epsilon) * scale.reshape(1, self.num_groups, per_group)  # [B, G, C/G]
-        d = bias.reshape(1, self.num_groups, per_group) - mean * a
-        shape = (batch,) + (1,) * (x.ndim - 2) + (c,)
-        return (xf * a.reshape(shape) + d.reshape(shape)).astype(x.dtype)  # statistics in float32, output as x
+        return _group_norm(x, scale, bias, self.num_groups, self.epsilon)
+
+
+def _group_sum(v: jax.Array, num_groups: int) -> jax.Array:
+    """``[B, ..., C] -> [B, C]``: the sum over each example's positions and its channel's group, per channel
+    (reduced per channel first, so the channels stay contiguous, then over each group's channels)."""
+    batch, c = v.shape[0], v.shape[-1]
+    per_channel = jnp.sum(v, axis=tuple(range(1, v.ndim - 1))).reshape(batch, num_groups, c // num_groups)
+    return jnp.broadcast_to(jnp.sum(per_channel, axis=-1, keepdims=True), per_channel.shape).reshape(batch, c)
+
+
+def _per_channel(v: jax.Array, ndim: int) -> jax.Array:
+    """``[B, C] -> [B, 1, ..., 1, C]`` to broadcast against ``ndim``-d activations."""
+    return v.reshape((v.shape[0],) + (1,) * (ndim - 2) + (v.shape[-1],))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int, epsilon: float) -> jax.Array:
+    """:class:`GroupNorm`'s values (statistics in float32, output in x's dtype). Differentiated by the
+    simplified tangent rule of :func:`_group_norm_jvp` (reverse mode by its transpose), not through the
+    statistics' formula: fewer ops and copies in the backward pass (experiments/BENCHMARKS.md)."""
+    return _group_norm_parts(x, scale, bias, num_groups, epsilon)[0]
+
+
+def _group_norm_parts(x, scale, bias, num_groups, epsilon):
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    count = (xf.size // xf.shape[0]) // num_groups  # elements per (example, group)
+    mean = _group_sum(xf, num_groups) / count                                          # [B, C]
+    var = jnp.maximum(_group_sum(xf * xf, num_groups) / count - mean * mean, 0.0)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    a = rstd * scale[None]
+    y = xf * _per_channel(a, x.ndim) + _per_channel(bias[None] - mean * a, x.ndim)
+    return y.astype(x.dtype), xf, mean, rstd, count
+
+
+@_group_norm.defjvp
+def _group_norm_jvp(num_groups, epsilon, primals, tangents):
+    """``dy = scale * dxhat + xhat * dscale + dbias`` with ``xhat = (x - mean) * rstd`` and
+    ``dxhat = rstd * (dx - mean_n(dx) - xhat * mean_n(dx * xhat))`` (means over each group's n elements)."""
+    x, scale, bias = primals
+    dx, dscale, dbias = tangents
+    y, xf, mean, rstd, count = _group_norm_parts(x, scale, bias, num_groups, epsilon)
+    xhat = (xf - _per_channel(mean, x.ndim)) * _per_channel(rstd, x.ndim)
+    dxf = dx.astype(xf.dtype)
+    dmean = _group_sum(dxf, num_groups) / count
+    dvar = _group_sum(dxf * xhat, num_groups) / count
+    dxhat = (dxf - _per_channel(dmean, x.ndim) - xhat * _per_channel(dvar, x.ndim)) * _per_channel(rstd, x.ndim)
+    channel = (1,) * (x.ndim - 1) + (-1,)
+    dy = dxhat * scale.reshape(channel) + xhat * dscale.reshape(channel) + dbias.reshape(channel)
+    return y, dy.astype(y.dtype)
 
 
 def depth_to_space(h: jax.Array, block: int) -> jax.Array:

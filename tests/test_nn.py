@@ -206,6 +206,15 @@ def test_group_norm_equals_flax_group_norm(shape, groups):
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+    # forward mode too (its own tangent rule, which reverse mode transposes): jvp in x and the parameters,
+    # and the second derivative (the ODE likelihood's divergence differentiates through it)
+    tangents = (jax.tree.map(lambda p: jax.random.normal(jax.random.key(3), p.shape), params),
+                jax.random.normal(jax.random.key(4), shape))
+    jvps = [jax.jit(lambda p, x, m=m: jax.jvp(m.apply, (p, x), tangents))(params, x) for m in (ours, ref)]
+    np.testing.assert_allclose(jvps[0][1], jvps[1][1], rtol=1e-4, atol=1e-4)
+    hvp = [jax.jit(jax.grad(lambda x, m=m: jnp.sum(jax.jvp(lambda u: jnp.sin(m.apply(params, u)), (x,),
+                                                            (tangents[1],))[1] ** 2)))(x) for m in (ours, ref)]
+    np.testing.assert_allclose(hvp[0], hvp[1], rtol=1e-3, atol=1e-3)
 
 
 def test_group_norm_rejects_channels_not_divisible_by_groups():
