@@ -127,6 +127,20 @@ class Updater:
         self.t += 1
 
 
+def one_player(modules: list, loss_fn: Callable, batch, optim, compile: bool) -> Twin:
+    """The twin of a one-player step: ``loss_fn(batch)`` (under ``torch.compile`` when ``compile``), then
+    the :class:`Updater` of ``modules`` over ``optim``."""
+    loss_fn = maybe_compile(loss_fn, compile)
+    update = Updater(modules, optim)
+
+    def step():
+        loss = loss_fn(batch)
+        update(loss)
+        return loss.detach()
+
+    return Twin({"params": modules}, step)
+
+
 def maybe_compile(fn: Callable, compile: bool) -> Callable:
     """``torch.compile(fn)`` (inductor, the default backend) when ``compile``, else ``fn``."""
     import torch

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.benchmark.peers import Twin, Updater, images, maybe_compile, points
+from experiments.benchmark.peers import Twin, images, one_player, points
 
 # -- networks ------------------------------------------------------------------------------------------------
 
@@ -288,16 +288,8 @@ def _twin(config, model: nn.Module, x: torch.Tensor, to_model_space, compile: bo
             per_ex = weight[t - 1] * per_ex
         return per_ex.mean()
 
-    loss_fn = maybe_compile(loss_fn, compile)
-    updater = Updater([model], config.optim)
     model.train()
-
-    def step() -> torch.Tensor:
-        loss = loss_fn(x)
-        updater(loss)
-        return loss.detach()
-
-    return Twin(players={"params": [model]}, step=step)
+    return one_player([model], loss_fn, x, config.optim, compile)
 
 
 def ddpm_toy(config, batch: dict, compile: bool = False) -> Twin:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.benchmark.peers import Twin, Updater, images, maybe_compile, points
+from experiments.benchmark.peers import Twin, images, one_player, points
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -191,19 +191,11 @@ def realnvp_toy(config, batch: dict, compile: bool) -> Twin:
     flow = RealNVP(x.shape[1], spec.num_layers, tuple(spec.hidden), spec.max_log_scale, spec.actnorm)
     if spec.actnorm:
         _actnorm_data_init(flow, x)
-    updater = Updater([flow], config.optim)
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
         return -flow.log_prob(x).mean()
 
-    loss_fn = maybe_compile(loss_fn, compile)
-
-    def step() -> torch.Tensor:
-        loss = loss_fn(x)
-        updater(loss)
-        return loss.detach()
-
-    return Twin({"params": [flow]}, step)
+    return one_player([flow], loss_fn, x, config.optim, compile)
 
 
 # -- Glow on images ----------------------------------------------------------------------------------
@@ -365,18 +357,10 @@ def glow_mnist(config, batch: dict, compile: bool) -> Twin:
     num_dims = math.prod(image_shape)
     flow = Glow(image_shape, spec)
     _actnorm_data_init(flow, (x + torch.rand_like(x)) / 2.0**num_bits)
-    updater = Updater([flow], config.optim)
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
         y = (x + torch.rand_like(x)) / 2.0**num_bits  # uniform dequantisation
         nll_nats = -flow.log_prob(y) + num_dims * num_bits * math.log(2.0)
         return (nll_nats / (num_dims * math.log(2.0))).mean()
 
-    loss_fn = maybe_compile(loss_fn, compile)
-
-    def step() -> torch.Tensor:
-        loss = loss_fn(x)
-        updater(loss)
-        return loss.detach()
-
-    return Twin({"params": [flow]}, step)
+    return one_player([flow], loss_fn, x, config.optim, compile)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from experiments.benchmark.peers import Twin, Updater, images, maybe_compile, points
+from experiments.benchmark.peers import Twin, images, one_player, points
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -75,15 +75,7 @@ def vae_toy(config, batch: dict, compile: bool) -> Twin:
         recon = (-0.5 * (LOG_2PI + 2.0 * log_s + (x - mu).square() * torch.exp(-2.0 * log_s))).sum(-1)
         return -(recon - beta * _kl(mean, log_var)).mean()
 
-    loss_fn = maybe_compile(loss_fn, compile)
-    update = Updater([encoder, decoder], config.optim)
-
-    def step():
-        loss = loss_fn(x)
-        update(loss)
-        return loss.detach()
-
-    return Twin({"params": [encoder, decoder]}, step)
+    return one_player([encoder, decoder], loss_fn, x, config.optim, compile)
 
 
 def vae_conv_mnist(config, batch: dict, compile: bool) -> Twin:
@@ -127,12 +119,4 @@ def vae_conv_mnist(config, batch: dict, compile: bool) -> Twin:
         recon = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(-1)
         return -(recon - beta * _kl(mean, log_var)).mean()
 
-    loss_fn = maybe_compile(loss_fn, compile)
-    update = Updater([encoder, decoder], config.optim)
-
-    def step():
-        loss = loss_fn(u)
-        update(loss)
-        return loss.detach()
-
-    return Twin({"params": [encoder, decoder]}, step)
+    return one_player([encoder, decoder], loss_fn, u, config.optim, compile)
