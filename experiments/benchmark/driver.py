@@ -217,7 +217,7 @@ def _torch_peers(records: list[dict], measured: list[Entry], suite: Suite, stamp
             records.append({"kind": "skipped", "family": e.family, "config": e.name, "what": "peers",
                             "reason": "twins mirror the base configs, not overridden ones"})
             continue
-        if peers.base_name(e.name) not in peers.TWINS:
+        if e.name not in peers.TWINS:
             records.append({"kind": "skipped", "family": e.family, "config": e.name, "what": "peers",
                             "reason": f"no PyTorch twin (twins: {', '.join(sorted(peers.TWINS))})"})
             continue

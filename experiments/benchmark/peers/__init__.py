@@ -68,11 +68,6 @@ def torch_missing() -> str | None:
     return None
 
 
-def base_name(spec: str) -> str:
-    """The config module of a spec (``'dcgan_mnist[model.x=y]'`` -> ``'dcgan_mnist'``)."""
-    return spec.split("[", 1)[0]
-
-
 def build(name: str, config, batch: dict, compile: bool = False) -> Twin:
     """The twin of config ``name`` (a key of :data:`TWINS`).
 
