@@ -32,9 +32,9 @@ from gen_jax.data import sources
 from gen_jax.data import toy as toy_data
 from gen_jax.data.pipeline import Batches
 from gen_jax.precision import PRECISIONS
-from gen_jax.train import (CheckpointError, Checkpointer, DivergedError, Interrupted, fit, interrupt_on_signals,
-                           json_dumps, keep_state_sharding, local_replica, make_mesh, replicate,
-                           shard_batch, shard_state, with_progress)
+from gen_jax.train import (REPLICA_MAPS, CheckpointError, Checkpointer, DivergedError, Interrupted, fit,
+                           interrupt_on_signals, json_dumps, keep_state_sharding, local_replica, make_mesh,
+                           replicate, shard_batch, shard_state, with_progress)
 from gen_jax.train.parallel import check_batch_size
 
 # family name -> module with ``build(config, data) -> Experiment`` (explicit; nothing registers itself)
@@ -69,6 +69,7 @@ def validate_config(config: config_dict.ConfigDict) -> None:
     _require(config, "family", lambda v: v in FAMILIES, f"one of {sorted(FAMILIES)}")
     _require(config, "seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     _require(config, "num_seeds", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+    _require(config, "replica_map", lambda v: v in REPLICA_MAPS, f"one of {REPLICA_MAPS}")
     _require(config, "data.name", lambda v: isinstance(v, str) and v,
              f"a toy dataset ({', '.join(sorted(toy_data.TOY_DATASETS))}), a tfds dataset, or the path of a "
              f".npy/.npz file or an image folder")
@@ -133,7 +134,8 @@ def build_experiment(config, data: DataSpec) -> Experiment:
 
 def build_seeds(config, data: DataSpec) -> Seeds:
     """The experiment of ``config`` with its ``config.num_seeds`` seeds."""
-    return Seeds(build_experiment(config, data), int(config.num_seeds))
+    return Seeds(build_experiment(config, data), int(config.num_seeds),
+                 str(config.get("replica_map", "auto")))
 
 
 @dataclasses.dataclass

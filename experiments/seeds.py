@@ -1,7 +1,8 @@
-"""Seeds, once for every family: ``config.num_seeds = K`` models trained at once by the engine's vmap.
+"""Seeds, once for every family: ``config.num_seeds = K`` models trained at once in one program.
 
 With K > 1 every leaf of the training state has a leading seed axis of size K, the step is
-``make_*_step(..., replicas=True)``, and seed ``s`` is initialised from ``split(key, K)[s]``. With K = 1
+``make_*_step(..., replicas=True, replica_map=config.replica_map)`` (vmapped or unrolled over the seeds,
+:func:`gen_jax.train.map_replicas`; sampling the same way), and seed ``s`` is initialised from ``split(key, K)[s]``. With K = 1
 nothing has a seed axis. Which one a state is never has to be guessed: :class:`Seeds` knows K, and what
 it gives evaluators and figures is per seed (a list, or an array whose first axis is the seed).
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from experiments.tasks.base import Context, Experiment
 from gen_jax.model import TwoPlayerModel
-from gen_jax.train import make_train_step, make_two_player_step
+from gen_jax.train import make_train_step, make_two_player_step, map_replicas
 
 
 @dataclasses.dataclass
@@ -27,11 +28,14 @@ class Seeds:
     Attributes:
       experiment: the family's model and one seed's state initialisation.
       num_seeds: K.
-      train_step: the compiled ``step(state, batch) -> (state, metrics)`` (vmapped over seeds if K > 1).
+      replica_map: how K > 1 seeds share the train step's and the sampler's program
+        (:func:`gen_jax.train.map_replicas`: ``'auto'``, ``'vmap'`` or ``'unroll'``).
+      train_step: the compiled ``step(state, batch) -> (state, metrics)`` (over the seeds if K > 1).
     """
 
     experiment: Experiment
     num_seeds: int
+    replica_map: str = "auto"
     train_step: Callable = dataclasses.field(init=False)
 
     def __post_init__(self):
@@ -40,11 +44,15 @@ class Seeds:
         model, replicas = self.experiment.model, self.num_seeds > 1
         if isinstance(model, TwoPlayerModel):
             self.train_step = make_two_player_step(model.d_loss, model.g_loss, n_critic=model.n_critic,
-                                                   replicas=replicas)
+                                                   replicas=replicas, replica_map=self.replica_map)
         else:
-            self.train_step = make_train_step(model.loss, replicas=replicas)
+            self.train_step = make_train_step(model.loss, replicas=replicas, replica_map=self.replica_map)
         one = functools.partial(_sample_one, model, tuple(sorted(self.experiment.sample_options.items())))
-        self._sample = jax.jit(jax.vmap(one, in_axes=(0, 0, None)) if replicas else one, static_argnums=2)
+        if replicas:
+            self._sample = jax.jit(lambda params, keys, n: map_replicas(
+                functools.partial(one, n=n), (0, 0), self.replica_map)(params, keys), static_argnums=2)
+        else:
+            self._sample = jax.jit(one, static_argnums=2)
 
     @property
     def model(self) -> Any:

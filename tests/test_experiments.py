@@ -137,12 +137,36 @@ def test_cli_rejects_bad_input(tmp_path):
     ("data.holdout", 1.5, r"config.data.holdout = 1.5 is invalid; expected a fraction in \(0, 1\)"),
     ("data.image_size", 0, "config.data.image_size = 0 is invalid"),
     ("optim.ema_decay", 1.0, r"config.optim.ema_decay = 1.0 is invalid; expected a number in \[0, 1\)"),
+    ("replica_map", "pmap", r"config.replica_map = 'pmap' is invalid; expected one of \('auto', 'vmap', 'unroll'\)"),
 ])
 def test_validate_config_names_the_bad_value(key, value, match):
     config = _config(CONFIGS[0], "smoke")
-    section, name = key.split(".")
-    config[section][name] = value
+    *section, name = key.split(".")
+    (config[section[0]] if section else config)[name] = value
     with pytest.raises(ConfigError, match=match):
         validate_config(config)
 
 
+
+
+def test_config_replica_map_reaches_the_seeds_step():
+    """config.replica_map decides how K seeds share the train step: unrolled, the program holds K times
+    the one-seed step's matmuls; vmapped, each matmul once over all seeds (that both give the same
+    numbers, and which way 'auto' takes: tests/test_train_engine.py)."""
+    import jax
+
+    from experiments.run import build_seeds
+    from experiments.tasks.base import DataSpec
+    from gen_jax.data import toy
+    from gen_jax.train import equations
+
+    data = DataSpec(kind="toy", shape=(2,), name="ring8", toy=toy.ring8())
+    batch = {"x": np.zeros((64, 2), np.float32)}
+    dots = {}
+    for k, how in ((1, "auto"), (3, "unroll"), (3, "vmap")):
+        config = _config("vae_toy", "smoke")
+        config.num_seeds, config.replica_map = k, how
+        seeds = build_seeds(config, data)
+        state = jax.eval_shape(seeds.init, jax.random.key(0))
+        dots[k, how] = sum(e.primitive.name == "dot_general" for e in equations(seeds.train_step, state, batch))
+    assert dots[3, "unroll"] == 3 * dots[1, "auto"] and dots[3, "vmap"] == dots[1, "auto"] > 0, dots

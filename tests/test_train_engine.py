@@ -12,8 +12,8 @@ import pytest
 
 from gen_jax.data import toy
 from gen_jax.train import (TIMING_KEYS, CheckpointError, Checkpointer, DivergedError, MetricsWriter, NonFiniteError,
-                           TrainState, TwoPlayerState, fit, global_norm, json_dumps, make_optimizer, make_train_step,
-                           make_two_player_step, read_metrics)
+                           TrainState, TwoPlayerState, convolves, equations, fit, global_norm, json_dumps, make_optimizer,
+                           make_train_step, make_two_player_step, map_replicas, read_metrics)
 
 
 def gaussian_nll(params, model_state, batch, rng):
@@ -61,7 +61,8 @@ def test_step_traces_once():
     assert len(traces) == 1
 
 
-def test_vmap_replicas_equal_separate_runs():
+@pytest.mark.parametrize("replica_map", ["vmap", "unroll"])
+def test_vmap_replicas_equal_separate_runs(replica_map):
     k = 3
     b = batches_of(toy.ring8())
     step = make_train_step(gaussian_nll)
@@ -72,7 +73,7 @@ def test_vmap_replicas_equal_separate_runs():
             s, _ = step(s, b.batch_at(i))
         singles.append(s.params)
     rep = jax.tree.map(lambda *xs: jnp.stack(xs), *[make_state(seed) for seed in range(k)])
-    vstep = make_train_step(gaussian_nll, replicas=True)
+    vstep = make_train_step(gaussian_nll, replicas=True, replica_map=replica_map)
     for i in range(10):
         rep, metrics = vstep(rep, b.batch_at(i))
     assert metrics["loss"].shape == (k,)
@@ -80,6 +81,45 @@ def test_vmap_replicas_equal_separate_runs():
         for name in ("mu", "log_s"):
             np.testing.assert_allclose(rep.params[name][r], singles[r][name], rtol=1e-5, atol=1e-6)
     assert not np.allclose(singles[0]["mu"], singles[1]["mu"])  # the seeds really differ
+
+
+def test_map_replicas_unrolls_convolutions_and_vmaps_the_rest():
+    """'auto' repeats a convolving function once per replica (K convolutions, each with the one-replica
+    kernel: no grouped convolution) and batches a matmul-only one (one batched dot); every way gives
+    the same result as calling the function on each replica."""
+    k = 3
+    w = jax.random.normal(jax.random.key(0), (k, 3, 3, 2, 4))  # per-replica HWIO kernels
+    x = jax.random.normal(jax.random.key(1), (5, 2, 8, 8))  # NCHW, shared
+    dn = ("NCHW", "HWIO", "NCHW")
+    net = lambda w, x: jnp.tanh(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)).mean((1, 2, 3))  # noqa: E731
+    expected = np.stack([net(w[i], x) for i in range(k)])
+    for how, n_conv in (("auto", k), ("unroll", k), ("vmap", 1)):
+        mapped = map_replicas(net, (0, None), how)
+        convs = [e for e in equations(mapped, w, x) if e.primitive.name == "conv_general_dilated"]
+        assert len(convs) == n_conv, how
+        assert how == "vmap" or all(e.params["feature_group_count"] == 1 for e in convs)
+        np.testing.assert_allclose(jax.jit(mapped)(w, x), expected, rtol=1e-5, atol=1e-6)
+    mlp = lambda w, x: jnp.tanh(x @ w).sum()  # noqa: E731
+    dots = [e for e in equations(map_replicas(mlp, (0, None)), w[:, 0, 0], x[:, :, 0, 0])
+            if e.primitive.name == "dot_general"]
+    assert len(dots) == 1  # one dot over all replicas
+
+
+def test_convolves_sees_nested_programs():
+    x, w = jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1))
+    conv = lambda x: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    assert convolves(conv, x)
+    assert convolves(jax.checkpoint(conv), x)
+    assert convolves(lambda x: jax.lax.scan(lambda c, _: (conv(c), None), x, None, length=2)[0], x)
+    assert convolves(lambda x: jax.lax.cond(x.sum() > 0, conv, lambda x: x, x), x)
+    assert not convolves(lambda x: jnp.tanh(x.reshape(4, 4) @ jnp.ones((4, 4))), x)
+
+
+def test_replica_map_must_be_known():
+    with pytest.raises(ValueError, match="replica_map='pmap' is not one of"):
+        make_train_step(gaussian_nll, replicas=True, replica_map="pmap")
+    with pytest.raises(ValueError, match="at least one argument with a replica axis"):
+        map_replicas(gaussian_nll, (None, None))
 
 
 def test_checkpoint_round_trip(tmp_path):

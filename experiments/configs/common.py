@@ -38,7 +38,10 @@ def base_config(
     c = config_dict.ConfigDict()
     c.family = family
     c.seed = seed
-    c.num_seeds = 1  # >1: train that many seeds at once with vmap (families that support it)
+    c.num_seeds = 1  # >1: train that many seeds at once, in one compiled program
+    # how the seeds share that program (gen_jax.train.map_replicas): 'vmap' (batched ops), 'unroll' (the
+    # one-seed step K times), 'auto' (unroll where the model convolves: XLA CPU's vmapped convs are slow)
+    c.replica_map = "auto"
     c.data = config_dict.ConfigDict(dict(
         # a toy name, any prepared tfds image dataset, or the path of a .npy/.npz file or an image folder
         name=data,

@@ -5,8 +5,9 @@ A family supplies its objective with the one signature of :mod:`gen_jax.model`,
 the factory returns a step that derives the step's key as ``fold_in(state.key, state.step)``,
 differentiates the objective, skips non-finite updates (keeping the old ``model_state`` with them),
 updates the EMA, and is jitted once with the state donated.
-With ``replicas=True`` the same step is ``vmap``-ed over a leading replica axis of the state, so K
-independently seeded models train in one compiled program.
+With ``replicas=True`` the same step runs over a leading replica axis of the state, so K independently
+seeded models train in one compiled program, by :func:`map_replicas`: ``vmap`` (every op batched over
+the replicas) or ``unroll`` (the one-replica step repeated K times side by side), ``auto`` choosing.
 """
 
 from __future__ import annotations
@@ -66,9 +67,78 @@ def _update(state: TrainState, loss_fn: LossFn, batch: PyTree, rng: jax.Array, *
     return state.apply_gradients(grads, new_state), loss, dict(metrics, grad_norm=global_norm(grads))
 
 
-def _compile(step: Callable, replicas: bool, batch_axis: int | None, donate: bool) -> Callable:
+#: How :func:`map_replicas` puts K replicas into one program.
+REPLICA_MAPS = ("auto", "vmap", "unroll")
+
+
+def equations(fn: Callable, *args) -> list:
+    """Every equation of ``fn(*args)``'s jaxpr, those of nested jaxprs (jit, scan, cond, checkpoint,
+    custom derivatives) included; ``args`` may be arrays, tracers or ``jax.ShapeDtypeStruct`` s."""
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                    if hasattr(inner, "eqns"):
+                        yield from walk(inner)
+
+    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def convolves(fn: Callable, *args) -> bool:
+    """Whether ``fn(*args)`` computes a convolution (a ``conv_general_dilated`` among its
+    :func:`equations`)."""
+    return any(eqn.primitive.name == "conv_general_dilated" for eqn in equations(fn, *args))
+
+
+def _replica(tree: PyTree, i: int, axis: int) -> PyTree:
+    return jax.tree.map(lambda a: jax.lax.index_in_dim(a, i, axis, keepdims=False), tree)
+
+
+def map_replicas(fn: Callable, in_axes: tuple[int | None, ...], how: str = "auto") -> Callable:
+    """``fn`` over a replica axis of its arguments, outputs stacked on a leading replica axis (like
+    ``jax.vmap(fn, in_axes)``, whose results it equals).
+
+    Args:
+      fn: a function of one replica's positional arguments.
+      in_axes: per positional argument, its replica axis, or ``None`` for an argument all replicas share.
+      how: ``'vmap'``: one batched program, each op runs once over all K replicas (best where the ops
+        are small: K toy MLPs make wider matmuls). ``'unroll'``: ``fn``'s one-replica program repeated
+        K times in the one compiled program, on the one-replica kernels; XLA CPU runs a vmapped
+        convolution with per-replica kernels as a grouped convolution that measured ~3x slower than
+        the replicas one after another (experiments/BENCHMARKS.md), and unrolled ones as fast as
+        separate runs or faster. Compile time grows K-fold. ``'auto'``: ``'unroll'`` when ``fn``
+        convolves (:func:`convolves`), else ``'vmap'``.
+
+    Raises:
+      ValueError: ``how`` is not one of :data:`REPLICA_MAPS`, or no argument has a replica axis.
+    """
+    if how not in REPLICA_MAPS:
+        raise ValueError(f"replica map {how!r} is not one of {REPLICA_MAPS}")
+    if all(ax is None for ax in in_axes):
+        raise ValueError("map_replicas needs at least one argument with a replica axis (in_axes all None)")
+    batched = jax.vmap(fn, in_axes=in_axes)
+    if how == "vmap":
+        return batched
+
+    def mapped(*args):
+        k = next(jax.tree.leaves(a)[0].shape[ax] for a, ax in zip(args, in_axes) if ax is not None)
+        one = lambda i: [a if ax is None else _replica(a, i, ax) for a, ax in zip(args, in_axes)]  # noqa: E731
+        if how == "auto" and not convolves(fn, *one(0)):
+            return batched(*args)
+        outs = [fn(*one(i)) for i in range(k)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return mapped
+
+
+def _compile(step: Callable, replicas: bool, batch_axis: int | None, donate: bool, replica_map: str) -> Callable:
+    if replica_map not in REPLICA_MAPS:
+        raise ValueError(f"replica_map={replica_map!r} is not one of {REPLICA_MAPS}")
     if replicas:
-        step = jax.vmap(step, in_axes=(0, batch_axis))
+        step = map_replicas(step, (0, batch_axis), replica_map)
     elif batch_axis is not None:
         raise ValueError("batch_axis is only meaningful with replicas=True")
     return jax.jit(step, donate_argnums=(0,) if donate else ())
@@ -79,6 +149,7 @@ def make_train_step(
     *,
     replicas: bool = False,
     batch_axis: int | None = None,
+    replica_map: str = "auto",
     donate: bool = True,
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, Metrics]]:
     """Builds the jitted train step of a single-objective model.
@@ -86,8 +157,10 @@ def make_train_step(
     Args:
       loss_fn: ``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))``, e.g. a
         :class:`gen_jax.model.GenerativeModel`'s ``loss``.
-      replicas: vmap the step over a leading replica axis of the state (K seeds at once).
+      replicas: run the step over a leading replica axis of the state (K seeds at once).
       batch_axis: with ``replicas``, the replica axis of the batch (``None``: all replicas share it).
+      replica_map: with ``replicas``, how the replicas share the program: ``'vmap'``, ``'unroll'`` or
+        ``'auto'`` (:func:`map_replicas`).
       donate: donate the input state's buffers to the output (the caller must not reuse it).
 
     Returns:
@@ -103,7 +176,7 @@ def make_train_step(
         skipped = 1 - new_state.opt_state.last_finite.astype(jnp.int32)
         return new_state, dict(metrics, loss=loss, skipped=skipped)
 
-    return _compile(step, replicas, batch_axis, donate)
+    return _compile(step, replicas, batch_axis, donate, replica_map)
 
 
 def make_two_player_step(
@@ -113,6 +186,7 @@ def make_two_player_step(
     n_critic: int = 1,
     replicas: bool = False,
     batch_axis: int | None = None,
+    replica_map: str = "auto",
     donate: bool = True,
 ) -> Callable[[TwoPlayerState, PyTree], tuple[TwoPlayerState, Metrics]]:
     """Builds the jitted step of a two-player game (GAN): ``n_critic`` D updates, then one G update.
@@ -124,7 +198,7 @@ def make_two_player_step(
         state it keeps.
       n_critic: discriminator updates per generator update, each with a fresh key, on the same batch;
         unrolled in the one compiled program (compile time grows with n_critic).
-      replicas, batch_axis, donate: as in :func:`make_train_step`.
+      replicas, batch_axis, replica_map, donate: as in :func:`make_train_step`.
     """
     if n_critic < 1:
         raise ValueError(f"n_critic must be >= 1, got {n_critic!r}")
@@ -148,4 +222,4 @@ def make_two_player_step(
                    - d.opt_state.last_finite.astype(jnp.int32)}
         return TwoPlayerState(g=g, d=d), metrics
 
-    return _compile(step, replicas, batch_axis, donate)
+    return _compile(step, replicas, batch_axis, donate, replica_map)
