@@ -179,12 +179,15 @@ def test_targets_are_judged_from_the_records():
     peer = {"kind": "peer", "config": "c", "ratio_eager": 0.61, "ratio_compile": 0.95}
     sampler = {"kind": "sampler", "config": "d", "sampler": "ddim", "steps": 50, "overhead_ratio": 1.05}
     vmap8 = {"kind": "vmap", "seeds": 8, "size": "toy", "config": "t", "median_s": 1.0, "wide_batch_s": 0.95}
+    conv4 = {"kind": "vmap", "seeds": 4, "size": "mnist", "config": "c", "method": "replica_map=auto (unroll)",
+             "speedup_vs_sequential": 0.95}
+    conv4_vmap = dict(conv4, method="replica_map=vmap", speedup_vs_sequential=0.3)  # a comparison, not judged
     loop = {"kind": "loop_check", "config": "t", "traces": 1, "compiles": 1, "transfer_guard_ok": True, "ok": False}
-    met = [t["met"] for t in benchmark.evaluate_targets([peer, sampler, vmap8, loop], "cpu")]
-    assert met == [False, True, True, False]
-    met = [t["met"] for t in benchmark.evaluate_targets([dict(peer, ratio_eager=1.2), dict(vmap8, median_s=1.2)],
-                                                        "cpu")]
-    assert met == [True, None, False, None]
+    met = [t["met"] for t in benchmark.evaluate_targets([peer, sampler, vmap8, conv4, conv4_vmap, loop], "cpu")]
+    assert met == [False, True, True, True, False]
+    met = [t["met"] for t in benchmark.evaluate_targets([dict(peer, ratio_eager=1.2), dict(vmap8, median_s=1.2),
+                                                         dict(conv4, speedup_vs_sequential=0.85)], "cpu")]
+    assert met == [True, None, False, False, None]
     # a twin without a compiled variant (R1's double backward) is judged on eager alone; one below 0.9x
     # torch.compile is not met
     assert benchmark.evaluate_targets([{"kind": "peer", "config": "g", "ratio_eager": 1.5}], "cpu")[0]["met"]

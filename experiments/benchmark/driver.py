@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import jax
 
+from experiments.benchmark import tasks
 from experiments.benchmark.kernels import measure_kernels
 from experiments.benchmark.per_config import architecture, describe_config, measure_config
 from experiments.benchmark.report import render_architectures, render_markdown
@@ -171,6 +172,11 @@ def _sections(records: list[dict], measured: list[Entry], suite: Suite, peak_flo
         for e in (toy if suite.name != "smoke" else toy[:1]):
             stamp(f"vmap over seeds: {e.name}")
             guard(records, "vmap", e, lambda e=e: measure_vmap(e, suite))
+    for size in suite.tuning_sizes if suite.conv_seeds and "vmap" not in skip else ():
+        pick = cheapest([e for e in measured if e.size == size and tasks.convolves(e.config)], records)
+        if pick is not None:
+            stamp(f"K seeds of a convolutional config: {pick.name}")
+            guard(records, "vmap", pick, lambda p=pick: measure_vmap(p, suite, suite.conv_seeds, ("auto", "vmap")))
     for size, batches in ({} if "scaling" in skip else suite.scaling_batches).items():
         pick = cheapest([e for e in measured if e.size == size], records)
         for e in [] if pick is None else [pick, *(v for v in timed if v.name.startswith(pick.name + "["))]:

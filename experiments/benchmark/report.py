@@ -157,8 +157,10 @@ def _op_by_op(by: Records) -> list[str]:
 def _vmap(by: Records) -> list[str]:
     if not by("vmap"):
         return []
-    return ["## K seeds: one vmapped program vs K sequential runs", "",
-            "speedup = K x (one seed's step time) / (K seeds' step time); % peak = achieved FLOP/s "
+    return ["## K seeds: one program vs K sequential runs", "",
+            "method = config.replica_map, how the seeds share the program (gen_jax.train.map_replicas: vmap = "
+            "each op batched over the seeds, unroll = the one-seed step K times; auto = unroll where the step "
+            "convolves); speedup = K x (one seed's step time) / (K seeds' step time); % peak = achieved FLOP/s "
             "over the interleaved matmul's; ceiling = 1 / (one seed's fraction of peak): K seeds cost K "
             "times the FLOPs, so no program can beat it; batch K x B = the speedup of ONE seed trained at "
             "K times the batch (K x single ms / its step time): the same rows through one set of weights, "

@@ -31,25 +31,33 @@ def measure_op_by_op(entry: Entry, suite: Suite) -> dict:
             "op_by_op_n_timed": len(eager_times), "speedup": eager_s / jit_s}
 
 
-def measure_vmap(entry: Entry, suite: Suite) -> list[dict]:
-    """Step time of K seeds in one vmapped program vs K sequential single-seed runs, and, for
-    reference, one seed at batch K x B: the same arithmetic as one program with K times the rows and
-    one set of weights, which is what batching seeds can hope to approach."""
+def measure_vmap(entry: Entry, suite: Suite, seeds: tuple[int, ...] | None = None,
+                 replica_maps: tuple[str, ...] = ("auto",)) -> list[dict]:
+    """Step time of K seeds in one program (``config.num_seeds = K``, each of ``replica_maps``:
+    ``config.replica_map``, the way the seeds share the program) vs K sequential single-seed runs, and,
+    for reference, one seed at batch K x B: the same arithmetic as one program with K times the rows and
+    one set of weights, which is what batching seeds can hope to approach. ``seeds``: the K values
+    (default ``suite.vmap_seeds``)."""
     batch_size = batch_for(entry, suite)
     _, data = tasks.load(entry.config, batch_size)
     host = tasks.example_batch(data, batch_size)
+    conv = tasks.convolves(entry.config, batch_size)
     single = ceiling = None
-    records = []
-    for k in (1,) + tuple(x for x in suite.vmap_seeds if x != 1):
-        init_k, step_k, method = tasks.replicated(entry.config, batch_size, k)
+    records, wide = [], {}
+    ks = (1,) + tuple(x for x in (suite.vmap_seeds if seeds is None else seeds) if x != 1)
+    for k, how in [(1, "auto")] + [(k, how) for k in ks[1:] for how in replica_maps]:
+        init_k, step_k = tasks.replicated(entry.config, batch_size, k, how)
         state, batch = placed(init_k(jax.random.key(0)), host)
         flops = flops_of(jittable(step_k).lower(state, batch).compile().cost_analysis())
         probe = MatmulProbe(suite.matmul_n)
         state, times = timed_steps(step_k, state, batch, suite.warmup, suite.steps, probe)
         t = float(np.median(times))
         single = t if k == 1 else single
+        resolved = how if how != "auto" or k == 1 else "unroll" if conv else "vmap"
         rec = {"kind": "vmap", "family": entry.family, "config": entry.name, "size": entry.size,
-               "batch": batch_size, "seeds": k, "method": method, "median_s": t,
+               "batch": batch_size, "seeds": k,
+               "method": "-" if k == 1 else f"replica_map={how}" + (f" ({resolved})" if how == "auto" else ""),
+               "replica_map": resolved, "median_s": t,
                "iqr_s": float(np.subtract(*np.percentile(times, [75, 25]))), "flops": flops,
                "sequential_s": k * single, "speedup_vs_sequential": k * single / t}
         if flops:
@@ -59,7 +67,9 @@ def measure_vmap(entry: Entry, suite: Suite) -> list[dict]:
         if ceiling is not None:
             rec["speedup_ceiling"] = ceiling
         if k > 1:
-            rec["wide_batch_s"] = _wide_batch_step_s(entry, suite, k * batch_size)
+            if k not in wide:
+                wide[k] = _wide_batch_step_s(entry, suite, k * batch_size)
+            rec["wide_batch_s"] = wide[k]
             rec["wide_batch_speedup"] = k * single / rec["wide_batch_s"]
         records.append(rec)
     return records

@@ -24,6 +24,7 @@ TARGETS = {
     "peer_compile": 0.9,  # the same against torch.compile
     "sampler_overhead": 1.10,  # compiled sampler time / (steps x one denoiser call)
     "vmap8_vs_wide_batch": 0.9,  # 8 seeds in one program vs ONE seed at 8x the batch (its step time / theirs), toy
+    "conv_seeds_vs_sequential": 0.9,  # K seeds of a conv config in one program (replica_map="auto") vs K runs
 }
 
 
@@ -43,6 +44,8 @@ class Suite:
       matmul_n: side of the square f32 matmul whose throughput is the peak.
       op_by_op_steps: steps timed without jit (first toy config).
       vmap_seeds: K values for vmap over seeds (toy configs).
+      conv_seeds: K values for the seeds of one convolutional config per ``tuning_sizes`` class (the
+        cheapest), each with ``replica_map`` 'auto' (unrolled) and 'vmap'; () skips them.
       scaling_batches: batch sizes per size class for batch-size scaling (one config per class).
       dp_devices: device counts for data parallelism (subprocesses).
       dp_sizes: size classes measured data-parallel (one config per class).
@@ -88,6 +91,7 @@ class Suite:
     variants: tuple[str, ...] = ()
     variant_sizes: tuple[str, ...] = ()
     memory_budget_bytes: int = 0
+    conv_seeds: tuple[int, ...] = ()
 
 
 CPU_FLAG_VARIANTS = (
@@ -107,7 +111,7 @@ SUITES = {
         vmap_seeds=(1, 4, 8), scaling_batches={"toy": (64, 256, 1024, 4096), "mnist": (32, 64, 128, 256)},
         dp_devices=(1, 2, 4), dp_sizes=("mnist",), loop_steps=5, ddim_steps=50,
         sample_n={"toy": 1000, "mnist": 16}, ddpm_sizes=("toy",), tuning_sizes=("mnist",),
-        flag_variants=CPU_FLAG_VARIANTS, kernel_batch=128),
+        flag_variants=CPU_FLAG_VARIANTS, kernel_batch=128, conv_seeds=(4,)),
     "gpu": Suite(
         name="gpu", config_arg=None, measure_sizes=("toy", "mnist", "cifar"), describe_sizes=(),
         batch_size={"toy": 1024, "mnist": 256, "cifar": 128}, warmup=5, steps=50, matmul_n=8192,
@@ -116,7 +120,7 @@ SUITES = {
                          "cifar": (32, 64, 128, 256)},
         dp_devices=(1, 2, 4, 8), dp_sizes=("cifar",), loop_steps=10, ddim_steps=50,
         sample_n={"toy": 10_000, "mnist": 64, "cifar": 64}, ddpm_sizes=("toy", "mnist", "cifar"),
-        tuning_sizes=("cifar",), kernel_batch=128, section_steps=20,
+        tuning_sizes=("cifar",), kernel_batch=128, section_steps=20, conv_seeds=(4,),
         variants=("train.precision=bfloat16", "model.remat=dots", "model.remat=full",
                   "train.precision=bfloat16,model.remat=full"), variant_sizes=("mnist", "cifar")),
 }
@@ -228,6 +232,13 @@ def evaluate_targets(records: list[dict], backend: str) -> list[dict]:
                 "measured": ", ".join(f"{r['config']} {r['wide_batch_s'] / r['median_s']:.2f}x" for r in vm) or "-",
                 "met": (all(r["wide_batch_s"] / r["median_s"] >= TARGETS["vmap8_vs_wide_batch"] for r in vm)
                         if vm else None)})
+    cs = [r for r in records if r["kind"] == "vmap" and r["seeds"] > 1 and r["size"] != "toy"
+          and r["method"].startswith("replica_map=auto")]
+    out.append({"target": f"K seeds of a convolutional config in one program >= {TARGETS['conv_seeds_vs_sequential']}x "
+                          f"the throughput of K sequential runs (replica_map='auto')",
+                "measured": ", ".join(f"{r['config']} K={r['seeds']} {r['speedup_vs_sequential']:.2f}x" for r in cs) or "-",
+                "met": (all(r["speedup_vs_sequential"] >= TARGETS["conv_seeds_vs_sequential"] for r in cs)
+                        if cs else None)})
     lc = [r for r in records if r["kind"] == "loop_check"]
     out.append({"target": "no retrace or implicit host transfer inside the training loop",
                 "measured": ", ".join(f"{r['config']} traces={r['traces']} compiles={r['compiles']} "

@@ -143,8 +143,16 @@ def run_loop(task: Task, state, batches: Callable[[int], Iterator[Any]], *, num_
     return state
 
 
-def replicated(config, batch_size: int, k: int) -> tuple[Callable, Callable, str]:
-    """``(init_k, step_k, method)``: K seeds in one program, as runs train them (``config.num_seeds``:
-    the engine's step vmapped over a leading seed axis, for every family)."""
-    task, _ = load(config, batch_size, num_seeds=k)
-    return init_fn(task), train_step(task), "config.num_seeds"
+def replicated(config, batch_size: int, k: int, replica_map: str = "auto") -> tuple[Callable, Callable]:
+    """``(init_k, step_k)``: K seeds in one program, as runs train them (``config.num_seeds`` and
+    ``config.replica_map``: the engine's step over a leading seed axis, for every family)."""
+    task, _ = load(with_overrides(config, {"replica_map": replica_map}), batch_size, num_seeds=k)
+    return init_fn(task), train_step(task)
+
+
+def convolves(config, batch_size: int = 2) -> bool:
+    """Whether one seed's train step of ``config`` computes a convolution (traced, not compiled)."""
+    from gen_jax.train import convolves as step_convolves
+
+    task, data = load(config, batch_size)
+    return step_convolves(train_step(task), abstract_state(task, jax.random.key(0)), example_batch(data, batch_size))
