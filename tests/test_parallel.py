@@ -147,10 +147,11 @@ def _cli_summary(config, workdir, devices, *extra):
     return json.loads(r.stdout[r.stdout.index("{"):])
 
 
-@pytest.mark.parametrize("config", ["experiments/configs/realnvp_toy.py:smoke",
-                                    # the two-player engine on four devices is in the default run
-                                    # (test_four_devices_equal_one_device_two_player); its runner: slow
-                                    pytest.param("experiments/configs/gan_ring8.py:smoke", marks=pytest.mark.slow)])
+# Two CLI runs in subprocesses each (37 s for the flow): slow. In the default run: the engine on four devices ==
+# one (test_four_devices_equal_one_device_single_objective / _two_player) and the runner in-process on the
+# suite's four devices, replicated == sharded (test_runner_with_shard_params_matches_replicated).
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["experiments/configs/realnvp_toy.py:smoke", "experiments/configs/gan_ring8.py:smoke"])
 def test_family_trains_the_same_on_four_devices_as_on_one(config, tmp_path):
     """The real tasks (a flow; the GAN with its seeds vmapped) through the CLI: 4 devices == 1 device."""
     one = _cli_summary(config, tmp_path / "one", 1, "--config.train.num_steps=8")
