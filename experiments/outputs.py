@@ -38,7 +38,8 @@ def save_samples(ctx: Context, key: jax.Array, n: int, path: str, density: bool 
         log_density = lambda x: ctx.log_density(params, jnp.asarray(x, jnp.float32))  # noqa: E731
     real = np.asarray(toy.sample(jax.random.key(1), len(shown)))
     viz.save_panel([{"title": f"data ({ctx.data.name})", "samples": real, "log_density": toy.log_prob},
-                    {"title": "samples", "samples": shown, "log_density": log_density}], path, toy.bounds)
+                    {"title": "samples", "samples": shown, "log_density": log_density,
+                     "resolution": ctx.density_resolution}], path, toy.bounds)
     return samples
 
 

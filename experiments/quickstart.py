@@ -75,7 +75,8 @@ def run(workdir: str, data: str = "ring8", scale: float = 1.0, restart: bool = F
             density = (lambda f, p: lambda x: f(p, jnp.asarray(x, jnp.float32)))(ctx.log_density, ctx.params[0])
         sub = f"modes {row['modes']:.0f}/{row['num_modes']:.0f}, HQ {row['hq_percent']:.0f}%" \
             if row["modes"] is not None else ""
-        columns.append({"title": label, "subtitle": sub, "samples": samples, "log_density": density})
+        columns.append({"title": label, "subtitle": sub, "samples": samples, "log_density": density,
+                        "resolution": ctx.density_resolution})
     panel = viz.save_panel(columns, os.path.join(workdir, "panel.png"), dist.bounds,
                            title=f"gen_jax quickstart: {data}")
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:

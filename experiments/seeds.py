@@ -2,8 +2,8 @@
 
 With K > 1 every leaf of the training state has a leading seed axis of size K, the step is
 ``make_*_step(..., replicas=True, replica_map=config.replica_map)`` (vmapped or unrolled over the seeds,
-:func:`gen_jax.train.map_replicas`; sampling the same way), and seed ``s`` is initialised from ``split(key, K)[s]``. With K = 1
-nothing has a seed axis. Which one a state is never has to be guessed: :class:`Seeds` knows K, and what
+:func:`gen_jax.train.map_replicas`; sampling the same way), and seed ``s`` is initialised from
+``split(key, K)[s]``. With K = 1 nothing has a seed axis. Which one a state is never has to be guessed: :class:`Seeds` knows K, and what
 it gives evaluators and figures is per seed (a list, or an array whose first axis is the seed).
 """
 
@@ -81,7 +81,8 @@ class Seeds:
         """The :class:`Context` of evaluators and figures for this experiment (showing ``state`` if given)."""
         ctx = Context(model=self.model, data=data, options=options, params=[], model_state=[], sample=None,
                       batches=batches, num_batches=num_batches, sample_options=self.experiment.sample_options,
-                      log_density=self.experiment.log_density)
+                      log_density=self.experiment.log_density,
+                      density_resolution=self.experiment.density_resolution)
         return ctx if state is None else self.update(ctx, state)
 
     def update(self, ctx: Context, state: Any) -> Context:

@@ -69,7 +69,7 @@ def save_panel(columns: Sequence[dict], path: str, bounds: tuple[float, float], 
 
     Args:
       columns: dicts with ``title``, ``samples`` [N, 2] and optionally ``log_density``
-        (a function of [N, 2] points) and ``subtitle``.
+        (a function of [N, 2] points), ``resolution`` (the side of its grid, default 200) and ``subtitle``.
     """
     plt = pyplot()
     n = len(columns)
@@ -90,10 +90,10 @@ def save_panel(columns: Sequence[dict], path: str, bounds: tuple[float, float], 
         if has_density:
             ax = axes[1, j]
             if col.get("log_density") is not None:
-                xs, lp = density_grid(col["log_density"], bounds)
+                xs, lp = density_grid(col["log_density"], bounds, col.get("resolution", 200))
                 top = np.max(lp[np.isfinite(lp)]) if np.any(np.isfinite(lp)) else 0.0
                 lp = np.clip(np.nan_to_num(lp, nan=-np.inf), top - log_range, top)
-                ax.imshow(lp, origin="lower", extent=(*bounds, *bounds), cmap="magma")
+                ax.imshow(lp, origin="lower", extent=(*bounds, *bounds), cmap="magma", interpolation="bilinear")
                 ax.set_title(f"log density (top {log_range:.0f} nats)", fontsize=9)
             else:
                 ax.text(0.5, 0.5, "no tractable\ndensity", ha="center", va="center", fontsize=9,

@@ -65,12 +65,15 @@ class Experiment:
       init_state: ``key -> TrainState | TwoPlayerState`` of ONE seed (the runner vmaps it over seeds).
       sample_options: keyword arguments of ``model.sample`` for the samples the run shows and scores.
       log_density: ``(params, x [N, 2]) -> log p(x) [N]`` for toy density panels, where the family has one.
+      density_resolution: the side of the panel's grid of log_density points (fewer where each point costs
+        an ODE solve).
     """
 
     model: Any
     init_state: Callable[[jax.Array], Any]
     sample_options: dict = dataclasses.field(default_factory=dict)
     log_density: Callable[[PyTree, jax.Array], jax.Array] | None = None
+    density_resolution: int = 200
 
 
 @dataclasses.dataclass
@@ -89,7 +92,7 @@ class Context:
       batches: ``() -> iterator`` over the held-out batches (raw, as the training batches).
       num_batches: their number.
       sample_options: as in :class:`Experiment`.
-      log_density: as in :class:`Experiment`.
+      log_density, density_resolution: as in :class:`Experiment`.
     """
 
     model: Any
@@ -102,6 +105,7 @@ class Context:
     num_batches: int
     sample_options: dict = dataclasses.field(default_factory=dict)
     log_density: Callable[[PyTree, jax.Array], jax.Array] | None = None
+    density_resolution: int = 200
 
     @property
     def num_seeds(self) -> int:

@@ -106,10 +106,10 @@ def map_replicas(fn: Callable, in_axes: tuple[int | None, ...], how: str = "auto
       in_axes: per positional argument, its replica axis, or ``None`` for an argument all replicas share.
       how: ``'vmap'``: one batched program, each op runs once over all K replicas (best where the ops
         are small: K toy MLPs make wider matmuls). ``'unroll'``: ``fn``'s one-replica program repeated
-        K times in the one compiled program, on the one-replica kernels; XLA CPU runs a vmapped
-        convolution with per-replica kernels as a grouped convolution that measured ~3x slower than
-        the replicas one after another (experiments/BENCHMARKS.md), and unrolled ones as fast as
-        separate runs or faster. Compile time grows K-fold. ``'auto'``: ``'unroll'`` when ``fn``
+        K times in the one compiled program, on the one-replica kernels. XLA CPU runs a vmapped
+        convolution with per-replica kernels as a grouped convolution: K seeds of the MNIST conv
+        configs measured 0.62-0.68x the throughput of K separate runs vmapped, 0.98-1.17x unrolled
+        (experiments/BENCHMARKS.md). Compile time grows K-fold. ``'auto'``: ``'unroll'`` when ``fn``
         convolves (:func:`convolves`), else ``'vmap'``.
 
     Raises:
