@@ -3,8 +3,9 @@
 With K > 1 every leaf of the training state has a leading seed axis of size K, the step is
 ``make_*_step(..., replicas=True, replica_map=config.replica_map)`` (vmapped or unrolled over the seeds,
 :func:`gen_jax.train.map_replicas`; sampling the same way), and seed ``s`` is initialised from
-``split(key, K)[s]``. With K = 1 nothing has a seed axis. Which one a state is never has to be guessed: :class:`Seeds` knows K, and what
-it gives evaluators and figures is per seed (a list, or an array whose first axis is the seed).
+``split(key, K)[s]``. With K = 1 nothing has a seed axis. Which one a state is never has to be guessed:
+:class:`Seeds` knows K, and what it gives evaluators and figures is per seed (a list, or an array whose
+first axis is the seed).
 """
 
 from __future__ import annotations
