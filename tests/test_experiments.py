@@ -147,8 +147,6 @@ def test_validate_config_names_the_bad_value(key, value, match):
         validate_config(config)
 
 
-
-
 def test_config_replica_map_reaches_the_seeds_step():
     """config.replica_map decides how K seeds share the train step: unrolled, the program holds K times
     the one-seed step's matmuls; vmapped, each matmul once over all seeds (that both give the same

@@ -173,7 +173,7 @@ def _sections(records: list[dict], measured: list[Entry], suite: Suite, peak_flo
             stamp(f"vmap over seeds: {e.name}")
             guard(records, "vmap", e, lambda e=e: measure_vmap(e, suite))
     for size in suite.tuning_sizes if suite.conv_seeds and "vmap" not in skip else ():
-        pick = cheapest([e for e in measured if e.size == size and tasks.convolves(e.config)], records)
+        pick = cheapest([e for e in measured if e.size == size and tasks.resolved_replica_map(e.config) == "unroll"], records)
         if pick is not None:
             stamp(f"K seeds of a convolutional config: {pick.name}")
             guard(records, "vmap", pick, lambda p=pick: measure_vmap(p, suite, suite.conv_seeds, ("auto", "vmap")))

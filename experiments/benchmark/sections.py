@@ -41,7 +41,7 @@ def measure_vmap(entry: Entry, suite: Suite, seeds: tuple[int, ...] | None = Non
     batch_size = batch_for(entry, suite)
     _, data = tasks.load(entry.config, batch_size)
     host = tasks.example_batch(data, batch_size)
-    conv = tasks.convolves(entry.config, batch_size)
+    auto = tasks.resolved_replica_map(entry.config, "auto", batch_size)
     single = ceiling = None
     records, wide = [], {}
     ks = (1,) + tuple(x for x in (suite.vmap_seeds if seeds is None else seeds) if x != 1)
@@ -53,7 +53,7 @@ def measure_vmap(entry: Entry, suite: Suite, seeds: tuple[int, ...] | None = Non
         state, times = timed_steps(step_k, state, batch, suite.warmup, suite.steps, probe)
         t = float(np.median(times))
         single = t if k == 1 else single
-        resolved = how if how != "auto" or k == 1 else "unroll" if conv else "vmap"
+        resolved = auto if how == "auto" and k > 1 else how
         rec = {"kind": "vmap", "family": entry.family, "config": entry.name, "size": entry.size,
                "batch": batch_size, "seeds": k,
                "method": "-" if k == 1 else f"replica_map={how}" + (f" ({resolved})" if how == "auto" else ""),

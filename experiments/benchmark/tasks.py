@@ -150,9 +150,11 @@ def replicated(config, batch_size: int, k: int, replica_map: str = "auto") -> tu
     return init_fn(task), train_step(task)
 
 
-def convolves(config, batch_size: int = 2) -> bool:
-    """Whether one seed's train step of ``config`` computes a convolution (traced, not compiled)."""
-    from gen_jax.train import convolves as step_convolves
+def resolved_replica_map(config, how: str = "auto", batch_size: int = 2) -> str:
+    """How K seeds of ``config`` share the program for ``config.replica_map = how`` (``'auto'`` resolved on
+    one seed's train step, traced, not compiled: :func:`gen_jax.train.resolve_replica_map`)."""
+    from gen_jax.train import resolve_replica_map
 
     task, data = load(config, batch_size)
-    return step_convolves(train_step(task), abstract_state(task, jax.random.key(0)), example_batch(data, batch_size))
+    return resolve_replica_map(how, train_step(task), abstract_state(task, jax.random.key(0)),
+                               example_batch(data, batch_size))

@@ -9,7 +9,7 @@ from gen_jax.train.parallel import (check_batch_size, initialize_distributed, ke
 from gen_jax.train.platform import XLA_CPU_FLAGS, configure_xla_cpu
 from gen_jax.train.state import TrainState, TwoPlayerState, make_optimizer
 from gen_jax.train.steps import (REPLICA_MAPS, convolves, equations, global_norm, make_train_step, make_two_player_step,
-                                 map_replicas)
+                                 map_replicas, resolve_replica_map)
 
 __all__ = [
     "CheckpointError", "Checkpointer", "CorruptCheckpointError", "DivergedError", "Interrupted", "MetricsWriter",
@@ -18,5 +18,5 @@ __all__ = [
     "check_batch_size", "initialize_distributed", "keep_state_sharding", "local_replica", "make_mesh", "replicate", "shard_batch",
     "shard_state", "XLA_CPU_FLAGS", "configure_xla_cpu",
     "TrainState", "TwoPlayerState", "make_optimizer", "make_train_step", "make_two_player_step", "global_norm",
-    "REPLICA_MAPS", "convolves", "equations", "map_replicas",
+    "REPLICA_MAPS", "convolves", "equations", "map_replicas", "resolve_replica_map",
 ]

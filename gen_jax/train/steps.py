@@ -93,6 +93,14 @@ def convolves(fn: Callable, *args) -> bool:
     return any(eqn.primitive.name == "conv_general_dilated" for eqn in equations(fn, *args))
 
 
+def resolve_replica_map(how: str, fn: Callable, *args) -> str:
+    """The way :func:`map_replicas` maps ``fn`` for ``how``: ``'vmap'`` or ``'unroll'`` as given; ``'auto'``:
+    ``'unroll'`` when ``fn(*args)`` (one replica's arguments) convolves, else ``'vmap'``."""
+    if how not in REPLICA_MAPS:
+        raise ValueError(f"replica map {how!r} is not one of {REPLICA_MAPS}")
+    return how if how != "auto" else "unroll" if convolves(fn, *args) else "vmap"
+
+
 def _replica(tree: PyTree, i: int, axis: int) -> PyTree:
     return jax.tree.map(lambda a: jax.lax.index_in_dim(a, i, axis, keepdims=False), tree)
 
@@ -110,7 +118,7 @@ def map_replicas(fn: Callable, in_axes: tuple[int | None, ...], how: str = "auto
         convolution with per-replica kernels as a grouped convolution: K seeds of the MNIST conv
         configs measured 0.62-0.68x the throughput of K separate runs vmapped, 0.98-1.17x unrolled
         (experiments/BENCHMARKS.md). Compile time grows K-fold. ``'auto'``: ``'unroll'`` when ``fn``
-        convolves (:func:`convolves`), else ``'vmap'``.
+        convolves (:func:`resolve_replica_map`), else ``'vmap'``.
 
     Raises:
       ValueError: ``how`` is not one of :data:`REPLICA_MAPS`, or no argument has a replica axis.
@@ -126,7 +134,7 @@ def map_replicas(fn: Callable, in_axes: tuple[int | None, ...], how: str = "auto
     def mapped(*args):
         k = next(jax.tree.leaves(a)[0].shape[ax] for a, ax in zip(args, in_axes) if ax is not None)
         one = lambda i: [a if ax is None else _replica(a, i, ax) for a, ax in zip(args, in_axes)]  # noqa: E731
-        if how == "auto" and not convolves(fn, *one(0)):
+        if resolve_replica_map(how, fn, *one(0)) == "vmap":
             return batched(*args)
         outs = [fn(*one(i)) for i in range(k)]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
