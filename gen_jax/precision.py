@@ -16,6 +16,12 @@ else stays float32.
 The gradient flows through the casts to the float32 parameters. ``Policy('float32')`` (the default) adds no
 operation at all: results are bit-identical to code without a policy.
 
+``Policy('float16')`` is the same with float16 networks, plus **dynamic loss scaling** (Micikevicius et al.
+2018), since float16's range (6e-8 .. 65504) loses small gradients to underflow: the train step differentiates
+``loss x scale``, divides the gradients by ``scale`` (a power of two: exact), and a :class:`DynamicLossScale` in
+the train state halves ``scale`` after an update whose gradients overflowed (the update itself is skipped, as
+every non-finite update is) and doubles it after ``period`` finite updates in a row.
+
 A family applies its networks with :meth:`Policy.apply` (a top-level ``module.apply``: denoisers, GANs),
 :meth:`Policy.call` (a submodule called from a parent's method: the VAE's encoder and decoder) or
 :meth:`Policy.network` (a network built inside another Flax module: a flow's coupling conditioners).
@@ -29,6 +35,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -50,8 +57,8 @@ class Policy:
     """The compute dtype of a family's networks (see the module docstring).
 
     Attributes:
-      compute: ``'float32'``, ``'bfloat16'`` or ``'float16'`` (float16 has no loss scaling here: prefer
-        bfloat16, which has float32's range).
+      compute: ``'float32'``, ``'bfloat16'`` or ``'float16'`` (float16 trains with a dynamic loss scale,
+        :meth:`loss_scale`; bfloat16 has float32's range and needs none).
     """
 
     compute: str = "float32"
@@ -68,6 +75,11 @@ class Policy:
     def is_full(self) -> bool:
         """float32: the policy changes nothing."""
         return self.compute == "float32"
+
+    def loss_scale(self) -> "DynamicLossScale | None":
+        """The loss scale a train state starts with under this policy: a :class:`DynamicLossScale` for
+        float16, ``None`` (no scaling) for float32 and bfloat16."""
+        return DynamicLossScale.create() if self.compute == "float16" else None
 
     def cast_to_compute(self, tree: PyTree) -> PyTree:
         """Floating arrays of ``tree`` -> the compute dtype (others unchanged)."""
@@ -104,6 +116,63 @@ class Policy:
             return cls(*args, **kwargs)
         module = _in_dtype(cls, self.compute)(*args, **kwargs)
         return lambda x, *a, **k: self.cast_to_float32(module(self.cast_to_compute(x), *a, **k))
+
+
+class DynamicLossScale(flax.struct.PyTreeNode):
+    """Dynamic loss scaling for float16 compute (Micikevicius et al. 2018, "Mixed precision training").
+
+    A train step differentiates :meth:`scale_loss` of its loss, passes the gradients through :meth:`unscale`,
+    and stores :meth:`adjust` of whether they were finite (:mod:`gen_jax.train` does all three when the state
+    has a ``loss_scale``). The scale halves after a non-finite update (never below ``min_scale``) and doubles
+    after ``period`` finite updates in a row (never above ``max_scale``, apex's 2^24: beyond it float16 would
+    need gradients below its smallest subnormal); it is a power of two, so scaling and unscaling are exact.
+
+    Attributes:
+      scale: float32 scalar, the current scale.
+      good_steps: int32 scalar, finite updates since the scale last changed.
+      overflows: int32 scalar, updates skipped (non-finite) while the scale was above ``min_scale``: the
+        scale finding its level, which a divergence check should not count (``TrainState.nonfinite_total``
+        does not).
+      period: finite updates in a row before the scale doubles (static).
+      min_scale, max_scale: the least and the largest scale (static).
+    """
+
+    scale: jax.Array
+    good_steps: jax.Array
+    overflows: jax.Array
+    period: int = flax.struct.field(pytree_node=False, default=2000)
+    min_scale: float = flax.struct.field(pytree_node=False, default=1.0)
+    max_scale: float = flax.struct.field(pytree_node=False, default=2.0**24)
+
+    @classmethod
+    def create(cls, initial: float = 2.0**15, period: int = 2000, min_scale: float = 1.0,
+               max_scale: float = 2.0**24) -> "DynamicLossScale":
+        """A scale of ``initial``; the defaults as PyTorch's GradScaler and jmp's (2^15 .. 2^16, 2000 steps)."""
+        scales = {"min_scale": min_scale, "initial": initial, "max_scale": max_scale}
+        if not (0 < min_scale <= initial <= max_scale
+                and all(math.log2(v).is_integer() for v in scales.values())):
+            raise ValueError(f"the scales must be powers of two with 0 < min_scale <= initial <= max_scale, "
+                             f"got {scales}")
+        if period < 1:
+            raise ValueError(f"period must be >= 1, got {period!r}")
+        return cls(scale=jnp.asarray(initial, jnp.float32), good_steps=jnp.zeros((), jnp.int32),
+                   overflows=jnp.zeros((), jnp.int32), period=int(period), min_scale=float(min_scale), max_scale=float(max_scale))
+
+    def scale_loss(self, loss: jax.Array) -> jax.Array:
+        return loss * self.scale.astype(loss.dtype)
+
+    def unscale(self, grads: PyTree) -> PyTree:
+        inverse = 1.0 / self.scale
+        return jax.tree.map(lambda g: g * inverse.astype(g.dtype), grads)
+
+    def adjust(self, finite: jax.Array) -> "DynamicLossScale":
+        """The scale after an update whose gradients were (``finite``) or were not finite."""
+        grow = finite & (self.good_steps + 1 >= self.period)
+        scale = jnp.where(finite, jnp.where(grow, jnp.minimum(2.0 * self.scale, self.max_scale), self.scale),
+                          jnp.maximum(0.5 * self.scale, self.min_scale))
+        overflow = ~finite & (self.scale > self.min_scale)
+        return self.replace(scale=scale, good_steps=jnp.where(finite & ~grow, self.good_steps + 1, 0),
+                            overflows=self.overflows + overflow.astype(jnp.int32))
 
 
 def _params_in(target, compute: str):

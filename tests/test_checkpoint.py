@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gen_jax.precision import DynamicLossScale
 from gen_jax.train import CheckpointError, Checkpointer, CorruptCheckpointError, TrainState, make_optimizer
 from gen_jax.train.checkpoint import SEAL_FILE
 
@@ -150,3 +151,30 @@ def test_a_checkpoint_whose_state_differs_only_in_empty_nodes_is_refused_naming_
         ck.restore_latest_intact({"params": {"w": jnp.zeros(3)}, "new_stats": {}})
     assert not isinstance(err.value, CorruptCheckpointError)
     assert ck.all_steps() == [1]
+
+
+def test_a_checkpoint_from_before_an_optional_field_restores_with_the_field_empty(tmp_path):
+    """A field added to the state later and empty (None) in runs that do not use it (TrainState.loss_scale:
+    float16 only) is absent from older checkpoints: they restore, every array as saved, the field empty. A
+    run that fills the field is still refused."""
+    ck = Checkpointer(str(tmp_path / "ckpt"))
+    ck.save(1, {"params": {"w": jnp.arange(3.0)}, "ema_params": None})
+    restored, _ = ck.restore({"params": {"w": jnp.zeros(3)}, "ema_params": None, "loss_scale": None})
+    np.testing.assert_array_equal(restored["params"]["w"], np.arange(3.0))
+    assert restored["loss_scale"] is None and restored["ema_params"] is None
+    with pytest.raises(CheckpointError):
+        ck.restore({"params": {"w": jnp.zeros(3)}, "ema_params": None, "loss_scale": {"scale": jnp.ones(())}})
+
+
+def test_a_loss_scale_round_trips(tmp_path):
+    """A float16 run's state: its dynamic loss scale (scale, count of finite steps, overflows) is saved and
+    restored with it."""
+    state = make_state(1.0).replace(loss_scale=DynamicLossScale.create(initial=2.0**10, period=7))
+    state = state.replace(loss_scale=state.loss_scale.adjust(jnp.asarray(False)).adjust(jnp.asarray(True)))
+    ck = Checkpointer(str(tmp_path / "ckpt"))
+    ck.save(1, state)
+    template = make_state(0.0).replace(loss_scale=DynamicLossScale.create(period=7))
+    restored, _ = ck.restore(template)
+    assert (float(restored.loss_scale.scale), int(restored.loss_scale.good_steps),
+            int(restored.loss_scale.overflows), restored.loss_scale.period) == (512.0, 1, 1, 7)
+    _assert_same(restored, state)

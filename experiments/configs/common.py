@@ -68,8 +68,9 @@ def base_config(
         # mean exceeds max_loss_growth x max(|its value at the first step|, 1) (0: no loss check).
         max_nonfinite=100, max_skipped_fraction=0.05, max_loss_growth=1e4,
         shard_params=False,  # True: shard large parameters and optimizer state over the devices (FSDP)
-        # the networks' compute dtype: 'float32', or 'bfloat16' (params, optimizer, losses, log-dets stay
-        # float32; gen_jax/precision.py)
+        # the networks' compute dtype: 'float32', 'bfloat16' or 'float16' (with a dynamic loss scale; its
+        # calibration skips are not counted by the divergence limits above). Params, optimizer, losses and
+        # log-dets stay float32; gen_jax/precision.py
         precision="float32",
     ))
     c.eval = config_dict.ConfigDict(dict(

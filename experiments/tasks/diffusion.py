@@ -101,7 +101,8 @@ def build(config, data: DataSpec) -> Experiment:
         init_key, state_key = jax.random.split(key)
         params, model_state = model.init(init_key)
         return TrainState.create(params=params, tx=make_optimizer(**optim_kwargs(config)), key=state_key,
-                                 ema_decay=config.optim.ema_decay, model_state=model_state)
+                                 ema_decay=config.optim.ema_decay, model_state=model_state,
+                                 loss_scale=precision_policy(config).loss_scale())
 
     log_density = None
     if data.kind == "toy":  # the density panel: log p(x) by the probability-flow ODE (exact divergence), on a

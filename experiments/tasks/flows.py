@@ -72,7 +72,8 @@ def build(config, data: DataSpec) -> Experiment:
              else uniform_dequantize(data_key, first, model.num_bits))
         params, model_state = model.init(init_key, {"x": x})  # ActNorm: data-dependent init
         return TrainState.create(params=params, tx=make_optimizer(**optim_kwargs(config)), key=state_key,
-                                 ema_decay=config.optim.ema_decay, model_state=model_state)
+                                 ema_decay=config.optim.ema_decay, model_state=model_state,
+                                 loss_scale=precision_policy(config).loss_scale())
 
     log_density = None
     if data.kind == "toy":

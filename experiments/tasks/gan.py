@@ -78,6 +78,7 @@ def build(config, data: DataSpec) -> Experiment:
         return TwoPlayerState.create(params=params, model_state=model_state, g_key=g_key, d_key=d_key,
                                      g_tx=make_optimizer(**optim_kwargs(config)),
                                      d_tx=make_optimizer(**optim_kwargs(config, d_optim)),
-                                     ema_decay=config.optim.ema_decay)
+                                     ema_decay=config.optim.ema_decay,
+                                     loss_scale=precision_policy(config).loss_scale())
 
     return Experiment(model=model, init_state=init_state)

@@ -64,7 +64,8 @@ def build(config, data: DataSpec) -> Experiment:
         init_key, state_key = jax.random.split(key)
         params, model_state = model.init(init_key, {"x": jnp.zeros((1, *data.shape), jnp.float32)})
         return TrainState.create(params=params, tx=make_optimizer(**optim_kwargs(config)), key=state_key,
-                                 ema_decay=config.optim.ema_decay, model_state=model_state)
+                                 ema_decay=config.optim.ema_decay, model_state=model_state,
+                                 loss_scale=precision_policy(config).loss_scale())
 
     log_density = None
     if data.kind == "toy":

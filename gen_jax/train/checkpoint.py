@@ -186,6 +186,20 @@ def _quiet_stderr():
 _STRUCTURE_MISMATCH = "tree structures do not match"
 
 
+def _mismatched_nodes(message: str) -> list[str]:
+    """The node names of orbax's structure-mismatch message (e.g. ``'g.loss_scale'``)."""
+    return re.findall(r"^(\S[^\n]*):\n\s*- Source: ", message, re.M)
+
+
+def _only_empty_fields_differ(message: str, template: Any) -> bool:
+    """Whether every node of the mismatch is a field this run leaves empty (``None``), as a field added to
+    the state after the checkpoint was written is for runs that do not use it."""
+    empty = {jax.tree_util.keystr(p, simple=True, separator=".")
+             for p, x in jax.tree_util.tree_flatten_with_path(template, is_leaf=lambda x: x is None)[0] if x is None}
+    nodes = _mismatched_nodes(message)
+    return bool(nodes) and set(nodes) <= empty
+
+
 def _structure_difference(message: str) -> str:
     """The nodes only on disk / only in this run, from orbax's structure-mismatch message (whose
     ``Source`` is the restore target and ``Target`` the saved tree)."""
@@ -301,8 +315,18 @@ class Checkpointer:
                 self._check_compatible(step, info, template)  # an intact checkpoint of another model
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _unwrap_keys(template))
             try:
-                out = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract)))
+                try:
+                    out = self._manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract)))
+                except ValueError as e:
+                    if not (_STRUCTURE_MISMATCH in str(e) and _only_empty_fields_differ(str(e), template)):
+                        raise
+                    # Saved before an optional field (e.g. the loss scale) existed, by a run without it: the
+                    # arrays on disk are all this run's, the field is restored empty.
+                    out = {"state": ocp.PyTreeCheckpointer().restore(
+                        os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+                            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                            partial_restore=True))}
             except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many types for damaged data
                 if not problems and _STRUCTURE_MISMATCH in str(e):  # intact files of another state's structure
                     raise CheckpointError(f"checkpoint {step_dir} holds another state structure than this run "

@@ -8,7 +8,8 @@ normalisation; ``{}`` when there are none), as :mod:`gen_jax.model` defines it. 
 
 The optimizer is always wrapped in :func:`optax.apply_if_finite`, so an update whose gradients contain
 NaN/Inf is skipped and counted (``state.nonfinite_total``; consecutive skips in
-``state.nonfinite_consecutive``).
+``state.nonfinite_consecutive``). A state may hold a dynamic loss scale (float16 compute,
+:class:`gen_jax.precision.DynamicLossScale`), which each update adjusts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+from gen_jax.precision import DynamicLossScale
 
 PyTree = Any
 
@@ -42,6 +45,8 @@ class TrainState(flax.struct.PyTreeNode):
       key: typed PRNG key of the run; the step derives ``fold_in(key, step)`` from it.
       ema_params: EMA of ``params`` when ``ema_decay > 0``, else ``None``.
       model_state: the model's non-trainable variables (``{}`` if it has none).
+      loss_scale: the dynamic loss scale of float16 compute, else ``None``: the train step differentiates the
+        scaled loss and unscales the gradients it passes to :meth:`apply_gradients`, which adjusts the scale.
       tx: the optax transformation as given (static); every update goes through
         ``apply_if_finite(tx)``.
       ema_decay: EMA decay in [0, 1) (static); 0 disables the EMA. At update t the decay used is
@@ -54,6 +59,7 @@ class TrainState(flax.struct.PyTreeNode):
     key: jax.Array
     ema_params: PyTree = None
     model_state: PyTree = flax.struct.field(default_factory=dict)
+    loss_scale: DynamicLossScale | None = None
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
     ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
@@ -66,6 +72,7 @@ class TrainState(flax.struct.PyTreeNode):
         key: jax.Array,
         ema_decay: float = 0.0,
         model_state: PyTree = None,
+        loss_scale: DynamicLossScale | None = None,
     ) -> "TrainState":
         """Builds a fresh state; its updates go through ``optax.apply_if_finite(tx)``."""
         if not 0.0 <= ema_decay < 1.0:
@@ -80,13 +87,15 @@ class TrainState(flax.struct.PyTreeNode):
             key=key,
             ema_params=jax.tree.map(jnp.copy, params) if ema_decay > 0 else None,
             model_state={} if model_state is None else model_state,
+            loss_scale=loss_scale,
             tx=tx,
             ema_decay=float(ema_decay),
         )
 
     def apply_gradients(self, grads: PyTree, model_state: PyTree = None) -> "TrainState":
         """One optimizer update (skipped by ``apply_if_finite`` if ``grads`` are not finite); the new
-        ``model_state`` is kept only with the update (``None``: unchanged)."""
+        ``model_state`` is kept only with the update (``None``: unchanged). ``grads`` are unscaled: with a
+        ``loss_scale``, divided by it already (the train step does); the scale is adjusted here."""
         updates, opt_state = _skip_nonfinite(self.tx).update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         ema = self.ema_params
@@ -95,13 +104,14 @@ class TrainState(flax.struct.PyTreeNode):
             t = self.step.astype(jnp.float32)
             decay = jnp.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
             ema = optax.incremental_update(params, ema, 1.0 - decay)
+        finite = opt_state.last_finite
         if model_state is None:
             model_state = self.model_state
         else:
-            finite = opt_state.last_finite
             model_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), model_state, self.model_state)
+        loss_scale = None if self.loss_scale is None else self.loss_scale.adjust(finite)
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state, ema_params=ema,
-                            model_state=model_state)
+                            model_state=model_state, loss_scale=loss_scale)
 
     @property
     def eval_params(self) -> PyTree:
@@ -110,8 +120,10 @@ class TrainState(flax.struct.PyTreeNode):
 
     @property
     def nonfinite_total(self) -> jax.Array:
-        """Number of updates skipped so far because of NaN/Inf gradients or loss."""
-        return self.opt_state.total_notfinite
+        """Number of updates skipped so far because of NaN/Inf gradients or loss, not counting those a float16
+        loss scale skipped while finding its level (its ``overflows``)."""
+        total = self.opt_state.total_notfinite
+        return total if self.loss_scale is None else total - self.loss_scale.overflows
 
     @property
     def nonfinite_consecutive(self) -> jax.Array:
@@ -128,12 +140,14 @@ class TwoPlayerState(flax.struct.PyTreeNode):
     @classmethod
     def create(cls, *, params: PyTree, model_state: PyTree, g_tx: optax.GradientTransformation,
                d_tx: optax.GradientTransformation, g_key: jax.Array, d_key: jax.Array,
-               ema_decay: float = 0.0) -> "TwoPlayerState":
+               ema_decay: float = 0.0, loss_scale: DynamicLossScale | None = None) -> "TwoPlayerState":
         """From a two-player model's ``init``: ``params``/``model_state`` are ``{'g': ..., 'd': ...}``;
-        the generator keeps the EMA (used for sampling), each player has its own optimizer and key."""
+        the generator keeps the EMA (used for sampling), each player has its own optimizer, key and loss
+        scale (``loss_scale`` is where both start)."""
         return cls(g=TrainState.create(params=params["g"], tx=g_tx, key=g_key, ema_decay=ema_decay,
-                                       model_state=model_state.get("g")),
-                   d=TrainState.create(params=params["d"], tx=d_tx, key=d_key, model_state=model_state.get("d")))
+                                       model_state=model_state.get("g"), loss_scale=loss_scale),
+                   d=TrainState.create(params=params["d"], tx=d_tx, key=d_key, model_state=model_state.get("d"),
+                                       loss_scale=loss_scale))
 
     @property
     def params(self) -> PyTree:

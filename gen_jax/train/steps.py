@@ -3,8 +3,8 @@
 A family supplies its objective with the one signature of :mod:`gen_jax.model`,
 ``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))`` (e.g. ``model.loss``);
 the factory returns a step that derives the step's key as ``fold_in(state.key, state.step)``,
-differentiates the objective, skips non-finite updates (keeping the old ``model_state`` with them),
-updates the EMA, and is jitted once with the state donated.
+differentiates the objective (times the state's loss scale, if it has one: float16), skips non-finite
+updates (keeping the old ``model_state`` with them), updates the EMA, and is jitted once with the state donated.
 With ``replicas=True`` the same step runs over a leading replica axis of the state, so K independently
 seeded models train in one compiled program, by :func:`map_replicas`: ``vmap`` (every op batched over
 the replicas) or ``unroll`` (the one-replica step repeated K times side by side), ``auto`` choosing.
@@ -61,7 +61,17 @@ def _update(state: TrainState, loss_fn: LossFn, batch: PyTree, rng: jax.Array, *
     else:
         params, model_state = joint
         objective = lambda p: loss_fn({**params, player: p}, model_state, batch, rng)  # noqa: E731
-    (loss, (metrics, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    scale = state.loss_scale
+    if scale is None:
+        (loss, (metrics, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    else:  # float16: differentiate loss x scale, so small gradients survive float16; then unscale
+        def scaled(p):
+            loss, aux = objective(p)
+            return scale.scale_loss(loss), (loss, aux)
+
+        (_, (loss, (metrics, new_state))), grads = jax.value_and_grad(scaled, has_aux=True)(state.params)
+        grads = scale.unscale(grads)
+        metrics = dict(metrics, loss_scale=scale.scale)
     grads = _guard_nonfinite(loss, grads)
     new_state = new_state if player is None else new_state[player]
     return state.apply_gradients(grads, new_state), loss, dict(metrics, grad_norm=global_norm(grads))
@@ -174,8 +184,8 @@ def make_train_step(
     Returns:
       ``step(state, batch) -> (state, metrics)``, metrics holding the objective's metrics plus
       ``loss``, ``grad_norm`` (the global L2 norm of the gradients, computed without overflow: ``inf``
-      only above float32's maximum, NaN for a skipped non-finite update) and ``skipped`` (1 if the
-      update was skipped as non-finite).
+      only above float32's maximum, NaN for a skipped non-finite update), ``skipped`` (1 if the
+      update was skipped as non-finite) and, with a loss scale (float16), ``loss_scale`` (the one used).
     """
 
     def step(state: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
@@ -185,6 +195,10 @@ def make_train_step(
         return new_state, dict(metrics, loss=loss, skipped=skipped)
 
     return _compile(step, replicas, batch_axis, donate, replica_map)
+
+
+#: The engine's own metrics of each player's update, named ``d_...`` and ``g_...`` in a two-player step.
+_PER_PLAYER = ("grad_norm", "loss_scale")
 
 
 def make_two_player_step(
@@ -224,8 +238,8 @@ def make_two_player_step(
         joint = ({"g": g.params, "d": d.params}, {"g": g.model_state, "d": d.model_state})
         g, g_loss, g_metrics = _update(g, g_loss_fn, batch, g_rng, joint=joint, player="g")
         metrics = {**{f"d_{k}" if not k.startswith("d_") else k: v for k, v in d_metrics.items()},
-                   "d_loss": d_loss, **{k: v for k, v in g_metrics.items() if k != "grad_norm"},
-                   "g_loss": g_loss, "g_grad_norm": g_metrics["grad_norm"],
+                   "d_loss": d_loss, **{k: v for k, v in g_metrics.items() if k not in _PER_PLAYER},
+                   "g_loss": g_loss, **{f"g_{k}": g_metrics[k] for k in _PER_PLAYER if k in g_metrics},
                    "skipped": 2 - g.opt_state.last_finite.astype(jnp.int32)
                    - d.opt_state.last_finite.astype(jnp.int32)}
         return TwoPlayerState(g=g, d=d), metrics
