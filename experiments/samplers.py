@@ -7,8 +7,8 @@ restores the run's newest checkpoint (its evaluation parameters, the EMA), draws
 ``sampler:steps`` from the same key and scores them with the run's sample evaluators (toy: mode coverage and
 the Frechet distance in the plane; images: the Frechet distance in the small classifier's features). Writes
 ``samplers.md`` and ``samplers.json`` in the workdir. Samplers: ``ddpm``, ``ddim`` (DDPM models), ``ancestral``
-(VDM), ``heun``/``euler`` (flow matching ODE), and for every model ``dpm_solver_pp_2m`` and ``edm_heun``
-(``edm_heun:steps:churn``: EDM's stochastic sampler with S_churn = churn).
+(VDM), ``heun``/``euler`` (flow matching ODE), and for every model ``dpm_solver_pp_2m``, ``dpm_solver_pp_2m_sde``
+and ``edm_heun`` (``edm_heun:steps:churn``: EDM's stochastic sampler with S_churn = churn).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def sampler_options(model, sampler: str, steps: int, base: dict, churn: float = 
         raise ValueError(f"a churn (sampler:steps:churn) is an option of edm_heun only; got {sampler!r}")
     clip = {k: base[k] for k in ("clip_x", "clip_x0") if k in base}
     if sampler in FAST_SAMPLERS:
-        nfe = steps if sampler == "dpm_solver_pp_2m" else 2 * steps - 1
+        nfe = 2 * steps - 1 if sampler == "edm_heun" else steps
         return {"sampler": sampler, "num_steps": steps, **({"churn": churn} if churn else {}),
                 **({"clip_x": clip.get("clip_x", clip.get("clip_x0"))} if clip else {})}, nfe
     if sampler in ("ddpm", "ddim"):  # DDPM models (DDIM: eta = 0)

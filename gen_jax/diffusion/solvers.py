@@ -1,5 +1,6 @@
-"""Fast deterministic samplers on the log-SNR axis, for every model that predicts data, noise, v or a velocity:
-DPM-Solver++(2M) (Lu et al. 2022) and EDM's Heun sampler with Karras sigma-spacing (Karras et al. 2022).
+"""Fast samplers on the log-SNR axis, for every model that predicts data, noise, v or a velocity:
+DPM-Solver++(2M) (Lu et al. 2022), its SDE variant, and EDM's Heun sampler with Karras sigma-spacing (Karras et
+al. 2022).
 
 Both integrate the probability-flow ODE of z = alpha x + sigma eps through a *data predictor*
 ``x_hat(z, lambda)`` at log-SNR lambda (alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda)); each model gives
@@ -11,6 +12,10 @@ flow-matching velocity), so one implementation serves all. Each is one ``lax.sca
   z_i = (sigma_i / sigma_{i-1}) z_{i-1} - alpha_i expm1(-h_i) D_i with D_1 = x_hat_0 (first order) and
   D_i = (1 + 1/(2 r_i)) x_hat_{i-1} - 1/(2 r_i) x_hat_{i-2}, r_i = h_{i-1} / h_i; the last output is x_hat
   at lambda_max.
+* SDE-DPM-Solver++(2M) (Lu et al.'s solver of the reverse diffusion SDE; diffusers' 'sde-dpmsolver++', k-diffusion's
+  dpmpp_2m_sde), the same steps and D_i with fresh noise eps_i each step:
+  z_i = (sigma_i / sigma_{i-1}) e^(-h_i) z_{i-1} + alpha_i (1 - e^(-2 h_i)) D_i + sigma_i sqrt(1 - e^(-2 h_i)) eps_i.
+  Its noise corrects the denoiser's errors as an ancestral chain does (the ODE carries them to the end).
 * EDM Heun, in x~ = z / alpha with sigma~ = exp(-lambda / 2) (the variance-exploding form): dx~/dsigma~ =
   (x~ - x_hat) / sigma~ by Heun's method on Karras et al.'s spacing sigma~_i = (smax^(1/rho) + i/(N-1)
   (smin^(1/rho) - smax^(1/rho)))^rho, i < N, then sigma~_N = 0 by an Euler step (NFE = 2N - 1). With
@@ -31,11 +36,12 @@ import jax.numpy as jnp
 
 from gen_jax.diffusion.log_snr import alpha_sigma
 
-__all__ = ["FAST_SAMPLERS", "fast_sample", "dpm_solver_pp_2m", "edm_heun", "karras_sigmas", "invert_decreasing"]
+__all__ = ["FAST_SAMPLERS", "fast_sample", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "edm_heun", "karras_sigmas",
+           "invert_decreasing"]
 
 Array = jax.Array
 DataPredictor = Callable[[Array, Array], Array]
-FAST_SAMPLERS = ("dpm_solver_pp_2m", "edm_heun")
+FAST_SAMPLERS = ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "edm_heun")
 
 
 def invert_decreasing(f: Callable[[Array], Array], y: Array, lo: float = 0.0, hi: float = 1.0,
@@ -68,6 +74,18 @@ def dpm_solver_pp_2m(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], l
                      log_snr_min: float, num_steps: int = 20) -> Array:
     """DPM-Solver++(2M) with ``num_steps`` network calls, uniform in lambda from ``log_snr_min`` (where z ~ N(0, I))
     to ``log_snr_max``; returns the data prediction at ``log_snr_max`` [shape]."""
+    return _dpm_solver_pp_2m(x_hat, key, shape, log_snr_max, log_snr_min, num_steps, stochastic=False)
+
+
+@functools.partial(jax.jit, static_argnames=("x_hat", "shape", "num_steps"))
+def dpm_solver_pp_2m_sde(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], log_snr_max: float,
+                         log_snr_min: float, num_steps: int = 20) -> Array:
+    """SDE-DPM-Solver++(2M): :func:`dpm_solver_pp_2m`'s steps on the reverse diffusion SDE, fresh noise at each
+    (the module docstring); ``num_steps`` network calls."""
+    return _dpm_solver_pp_2m(x_hat, key, shape, log_snr_max, log_snr_min, num_steps, stochastic=True)
+
+
+def _dpm_solver_pp_2m(x_hat, key, shape, log_snr_max, log_snr_min, num_steps, stochastic):
     _check(num_steps, 1)
     lam = jnp.linspace(log_snr_min, log_snr_max, num_steps, dtype=jnp.float32)
     z = jax.random.normal(key, shape, jnp.float32)
@@ -82,7 +100,13 @@ def dpm_solver_pp_2m(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], l
         r = h_prev / h
         D = jnp.where(i == 0, x0, (1 + 0.5 / r) * x0 - (0.5 / r) * x_prev)
         (_, s0), (a1, s1) = alpha_sigma(l0), alpha_sigma(l1)
-        return ((s1 / s0) * z - a1 * jnp.expm1(-h) * D, x0, h), None
+        if stochastic:
+            noise = jax.random.normal(jax.random.fold_in(key, i + 1), shape, jnp.float32)
+            m = -jnp.expm1(-2.0 * h)  # 1 - e^(-2h)
+            z = (s1 / s0) * jnp.exp(-h) * z + a1 * m * D + s1 * jnp.sqrt(m) * noise
+        else:
+            z = (s1 / s0) * z - a1 * jnp.expm1(-h) * D
+        return (z, x0, h), None
 
     (z, _, _), _ = jax.lax.scan(step, (z, jnp.zeros(shape, jnp.float32), jnp.float32(1.0)), jnp.arange(num_steps - 1))
     return x_hat(z, lam[-1])
@@ -156,6 +180,8 @@ def _fast_sample(model, sampler, num_steps, n, clip_x, churn, params, key, label
     shape = (n, *model.data_shape)
     if sampler == "dpm_solver_pp_2m":
         return dpm_solver_pp_2m(x_hat, key, shape, lmax, lmin, num_steps=num_steps)
+    if sampler == "dpm_solver_pp_2m_sde":
+        return dpm_solver_pp_2m_sde(x_hat, key, shape, lmax, lmin, num_steps=num_steps)
     return edm_heun(x_hat, key, shape, lmax, lmin, num_steps=num_steps, churn=churn)
 
 
