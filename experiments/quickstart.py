@@ -58,6 +58,8 @@ def run(workdir: str, data: str = "ring8", scale: float = 1.0, restart: bool = F
         config.optim.warmup_steps = min(config.optim.warmup_steps, config.train.num_steps // 10)
         config.train.checkpoint_every = config.train.num_steps
         config.eval.num_samples = 2500
+        if "ode_examples" in config.eval:  # the exact ODE likelihood (not in the table): 500 held-out points, not 2000
+            config.eval.ode_examples = 500
         print(f"== {label}: {module}, {config.train.num_steps} steps", flush=True)
         t0 = time.perf_counter()
         result = train_and_evaluate(config, os.path.join(workdir, module), restart=restart)

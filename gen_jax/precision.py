@@ -156,7 +156,8 @@ class DynamicLossScale(flax.struct.PyTreeNode):
         if period < 1:
             raise ValueError(f"period must be >= 1, got {period!r}")
         return cls(scale=jnp.asarray(initial, jnp.float32), good_steps=jnp.zeros((), jnp.int32),
-                   overflows=jnp.zeros((), jnp.int32), period=int(period), min_scale=float(min_scale), max_scale=float(max_scale))
+                   overflows=jnp.zeros((), jnp.int32), period=int(period), min_scale=float(min_scale),
+                   max_scale=float(max_scale))
 
     def scale_loss(self, loss: jax.Array) -> jax.Array:
         return loss * self.scale.astype(loss.dtype)

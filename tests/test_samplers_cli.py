@@ -10,16 +10,16 @@ from experiments.configs import ddpm_toy
 from experiments.run import train_and_evaluate
 
 
-@pytest.mark.slow  # trains a smoke run, then compiles five samplers
+@pytest.mark.slow  # trains a smoke run, then compiles six samplers
 def test_sampler_table_of_a_trained_run(tmp_path):
     config = ddpm_toy.get_config("smoke")
     wd = str(tmp_path)
     train_and_evaluate(config, wd, progress=False)
-    rows = samplers.compare(config, wd, [("ddim", 5), ("dpm_solver_pp_2m", 5), ("edm_heun", 3)], n=64, seed=0,
-                            log=None)
-    assert [r["nfe"] for r in rows] == [5, 5, 5]
+    rows = samplers.compare(config, wd, [("ddim", 5), ("dpm_solver_pp_2m", 5), ("dpm_solver_pp_2m_sde", 5),
+                                         ("edm_heun", 3)], n=64, seed=0, log=None)
+    assert [r["nfe"] for r in rows] == [5, 5, 5, 5]
     for r in rows:
         assert 0 <= r["modes"] <= 8 and r["frechet_2d"] >= 0 and r["ms_per_sample"] > 0
     path = samplers.write(rows, wd, "smoke")
     assert "| dpm_solver_pp_2m | 5 | 5 | 64 |" in open(path).read()
-    assert len(json.load(open(os.path.join(wd, "samplers.json")))) == 3
+    assert len(json.load(open(os.path.join(wd, "samplers.json")))) == 4

@@ -40,7 +40,9 @@ def measure_samplers(entry: Entry, suite: Suite) -> list[dict]:
     else:
         native = [("heun", max(steps // 2, 1))]
     records = []
-    for name, k in native + [("dpm_solver_pp_2m", min(steps, 20)), ("edm_heun", min(steps, 10))]:
+    fast = [("dpm_solver_pp_2m", min(steps, 20)), ("dpm_solver_pp_2m_sde", min(steps, 20)),
+            ("edm_heun", min(steps, 10))]
+    for name, k in native + fast:
         options, nfe = sampler_options(model, name, k, task.experiment.sample_options)
         first_s, s = time_calls(lambda key, options=options: model.sample(params, key, n, **options))
         bare_s = None

@@ -81,8 +81,8 @@ class Denoising:
 
     def sample(self, params: Any, key: Array, n: int, **options) -> Array:
         """``n`` samples in data space; ``options`` as in :meth:`reverse_process` (without ``trajectory``), or
-        ``sampler`` 'dpm_solver_pp_2m' / 'dpm_solver_pp_2m_sde' / 'edm_heun' with ``num_steps``, ``labels``, ``clip_x``
-        (:func:`gen_jax.diffusion.fast_sample`)."""
+        ``sampler`` 'dpm_solver_pp_2m' / 'dpm_solver_pp_2m_sde' / 'edm_heun' with ``num_steps``, ``labels``,
+        ``clip_x`` (:func:`gen_jax.diffusion.fast_sample`)."""
         from gen_jax.diffusion.solvers import FAST_SAMPLERS, fast_sample
 
         if options.get("sampler") in FAST_SAMPLERS:
