@@ -187,9 +187,9 @@ def mode_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_fast_samplers_recover_data(n: int, dpm_steps: int = 20, heun_steps: int = 18) -> list[Check]:
-    """With the exact mixture denoiser, DPM-Solver++(2M) and its SDE variant in 20 steps and EDM's Heun sampler on 18
-    levels (35 NFE) against 1000 DDPM steps, by the toy protocol: every component's share of the samples (mode coverage) and
-    its within-mode spread, over the log-SNR range of the T = 1000 linear schedule."""
+    """With the exact mixture denoiser, DPM-Solver++(2M) and its SDE variant in 20 steps and EDM's Heun sampler on
+    18 levels (35 NFE) against 1000 DDPM steps, by the toy protocol: every component's share of the samples (mode
+    coverage) and its within-mode spread, over the log-SNR range of the T = 1000 linear schedule."""
     sched = diffusion.NoiseSchedule.linear(T_MAIN)
     lmax, lmin = float(sched.log_snr[0]), float(sched.log_snr[-1])
     key = jax.random.key(3)
