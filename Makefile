@@ -11,8 +11,8 @@ TEST_WORKERS ?= 2
 demo: $(VENV)/.installed  ## train every family on the ring of 8 Gaussians -> runs/quickstart/
 	$(PY) -m experiments.quickstart --workdir runs/quickstart
 
-test: $(VENV)/.installed  ## the fast test suite (what CI runs)
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+test: $(VENV)/.installed  ## the fast test suite (what CI runs), listing its 15 slowest tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-all: $(VENV)/.installed  ## including tests marked slow
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m ''
