@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gen_jax.data import toy
+from gen_jax.precision import DynamicLossScale
 from gen_jax.train import (TIMING_KEYS, CheckpointError, Checkpointer, DivergedError, MetricsWriter, NonFiniteError,
                            TrainState, TwoPlayerState, convolves, equations, fit, global_norm, json_dumps, make_optimizer,
                            make_train_step, make_two_player_step, map_replicas, read_metrics)
@@ -28,9 +29,9 @@ def gaussian_nll(params, model_state, batch, rng):
 TX = make_optimizer(learning_rate=0.05)
 
 
-def make_state(seed=0, ema=0.0):
+def make_state(seed=0, ema=0.0, loss_scale=None):
     params = {"mu": jnp.array([1.5, -1.0]), "log_s": jnp.zeros(2)}
-    return TrainState.create(params=params, tx=TX, key=jax.random.key(seed), ema_decay=ema)
+    return TrainState.create(params=params, tx=TX, key=jax.random.key(seed), ema_decay=ema, loss_scale=loss_scale)
 
 
 def batches_of(dist, bs=64):
@@ -153,18 +154,21 @@ def test_data_wait_fraction_is_the_share_of_time_spent_waiting_for_batches(tmp_p
     assert len(waits) == 2 and all(0.5 < w <= 1.0 for w in waits), waits
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("loss_scale", [None, 2.0**15], ids=["plain", "loss_scale"])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, loss_scale):
+    # with a loss scale (float16's) that doubles every 4 steps: resuming must restore its state too
+    scale = (lambda: None) if loss_scale is None else (lambda: DynamicLossScale.create(initial=loss_scale, period=4))
     step = make_train_step(gaussian_nll, donate=False)
     b = batches_of(toy.ring8())
-    full, _ = fit(make_state(ema=0.5), step, b, num_steps=30, workdir=str(tmp_path / "a"), log_every=5,
-                  progress=False)
+    full, _ = fit(make_state(ema=0.5, loss_scale=scale()), step, b, num_steps=30, workdir=str(tmp_path / "a"),
+                  log_every=5, progress=False)
     ck = Checkpointer(str(tmp_path / "b" / "ckpt"))
     # First run "dies" after 17 steps, having checkpointed at step 10.
-    fit(make_state(ema=0.5), step, b, num_steps=17, workdir=str(tmp_path / "b"), checkpointer=ck,
+    fit(make_state(ema=0.5, loss_scale=scale()), step, b, num_steps=17, workdir=str(tmp_path / "b"), checkpointer=ck,
         checkpoint_every=10, log_every=5, progress=False)
     ck2 = Checkpointer(str(tmp_path / "b" / "ckpt"))
     ck2._manager.delete(17)  # lost with the process: only step 10 survives
-    resumed, _ = ck2.restore(make_state(seed=3, ema=0.5))
+    resumed, _ = ck2.restore(make_state(seed=3, ema=0.5, loss_scale=scale()))
     assert int(resumed.step) == 10
     resumed, _ = fit(resumed, step, b, num_steps=30, workdir=str(tmp_path / "b"), checkpointer=ck2,
                      log_every=5, progress=False)
@@ -173,6 +177,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     ma = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(str(tmp_path / "a" / "metrics.jsonl"))]
     mb = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(str(tmp_path / "b" / "metrics.jsonl"))]
     assert ma == mb and len(ma) == 6
+    if loss_scale is not None:  # 30 finite updates: doubled 7 times
+        assert float(resumed.loss_scale.scale) == loss_scale * 2**7 and int(resumed.loss_scale.good_steps) == 2
 
 
 def test_nonfinite_updates_are_skipped_and_counted():
