@@ -61,15 +61,14 @@ def _update(state: TrainState, loss_fn: LossFn, batch: PyTree, rng: jax.Array, *
     else:
         params, model_state = joint
         objective = lambda p: loss_fn({**params, player: p}, model_state, batch, rng)  # noqa: E731
-    scale = state.loss_scale
-    if scale is None:
-        (loss, (metrics, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    else:  # float16: differentiate loss x scale, so small gradients survive float16; then unscale
-        def scaled(p):
-            loss, aux = objective(p)
-            return scale.scale_loss(loss), (loss, aux)
+    scale = state.loss_scale  # float16: differentiate loss x scale, so small gradients survive; then unscale
 
-        (_, (loss, (metrics, new_state))), grads = jax.value_and_grad(scaled, has_aux=True)(state.params)
+    def differentiated(p):
+        loss, aux = objective(p)
+        return (loss if scale is None else scale.scale_loss(loss)), (loss, aux)
+
+    (_, (loss, (metrics, new_state))), grads = jax.value_and_grad(differentiated, has_aux=True)(state.params)
+    if scale is not None:
         grads = scale.unscale(grads)
         metrics = dict(metrics, loss_scale=scale.scale)
     grads = _guard_nonfinite(loss, grads)
