@@ -186,9 +186,11 @@ def _quiet_stderr():
 _STRUCTURE_MISMATCH = "tree structures do not match"
 
 
-def _mismatched_nodes(message: str) -> list[str]:
-    """The node names of orbax's structure-mismatch message (e.g. ``'g.loss_scale'``)."""
-    return re.findall(r"^(\S[^\n]*):\n\s*- Source: ", message, re.M)
+def _mismatch_blocks(message: str) -> list[tuple[str, str, str]]:
+    """``(node, source, target)`` per node of orbax's structure-mismatch message (e.g. ``'g.loss_scale'``;
+    ``Source`` is the restore target, ``Target`` the saved tree, ``'MISSING'`` where a side lacks the node)."""
+    blocks = re.findall(r"^(\S[^\n]*):\n\s*- Source: ([^\n]*)\n\s*- Target: ([^\n]*)", message, re.M)
+    return [(name, src.strip(), tgt.strip()) for name, src, tgt in blocks]
 
 
 def _only_empty_fields_differ(message: str, template: Any) -> bool:
@@ -196,16 +198,15 @@ def _only_empty_fields_differ(message: str, template: Any) -> bool:
     the state after the checkpoint was written is for runs that do not use it."""
     empty = {jax.tree_util.keystr(p, simple=True, separator=".")
              for p, x in jax.tree_util.tree_flatten_with_path(template, is_leaf=lambda x: x is None)[0] if x is None}
-    nodes = _mismatched_nodes(message)
-    return bool(nodes) and set(nodes) <= empty
+    nodes = {name for name, _, _ in _mismatch_blocks(message)}
+    return bool(nodes) and nodes <= empty
 
 
 def _structure_difference(message: str) -> str:
-    """The nodes only on disk / only in this run, from orbax's structure-mismatch message (whose
-    ``Source`` is the restore target and ``Target`` the saved tree)."""
-    blocks = re.findall(r"^(\S[^\n]*):\n\s*- Source: ([^\n]*)\n\s*- Target: ([^\n]*)", message, re.M)
-    saved_only = [name for name, src, _ in blocks if src.strip() == "MISSING"]
-    run_only = [name for name, _, tgt in blocks if tgt.strip() == "MISSING"]
+    """The nodes only on disk / only in this run, from orbax's structure-mismatch message."""
+    blocks = _mismatch_blocks(message)
+    saved_only = [name for name, src, _ in blocks if src == "MISSING"]
+    run_only = [name for name, _, tgt in blocks if tgt == "MISSING"]
     parts = ([f"saved, not in this run: {', '.join(saved_only)}"] if saved_only else []) + \
             ([f"in this run, not saved: {', '.join(run_only)}"] if run_only else [])
     return "; ".join(parts) or message.splitlines()[0][:300]
