@@ -1,9 +1,12 @@
 """Strict JAX settings for every test: 4 fake CPU devices, gen_jax's XLA CPU flags (as the CLIs
-run), and no implicit rank promotion."""
+run) plus the tests' fast-compile flag, no implicit rank promotion, and the session's shared compilation
+cache (both in tests/subprocess_env.py)."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+from subprocess_env import CACHE_DIR, xla_flags
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(4))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from gen_jax.train import configure_xla_cpu  # noqa: E402
@@ -14,6 +17,10 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+from experiments.benchmark.timing import configure_jax  # noqa: E402
+
+configure_jax(CACHE_DIR)
 
 
 @pytest.fixture

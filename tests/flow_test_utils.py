@@ -4,9 +4,6 @@ import jax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-# Compiling dominates these tests; XLA's backend optimisations are not worth their time here.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
 
 @pytest.fixture
 def key():

@@ -17,7 +17,7 @@ from ml_collections import config_dict
 import experiments.configs
 from experiments import quickstart
 from experiments.run import ConfigError, train_and_evaluate, validate_config
-from subprocess_env import subprocess_env
+from subprocess_env import subprocess_env, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(m.name for m in pkgutil.iter_modules(experiments.configs.__path__) if m.name != "common")
@@ -125,7 +125,7 @@ def test_cli_rejects_bad_input(tmp_path):
     r = _cli(f"--config={CLI_CONFIG}:smoke", f"--workdir={tmp_path}", "--config.optim.learning_rat=0.1")
     assert r.returncode != 0 and "learning_rat" in r.stderr
     r = _cli(f"--config={CLI_CONFIG}:smoke", f"--workdir={tmp_path}", "--config.data.batch_size=6",
-             env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+             env_extra={"XLA_FLAGS": xla_flags(4)})
     assert r.returncode == 2 and "batch size 6 is not divisible by the number of devices 4" in r.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
 

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flow_test_utils import FAST_COMPILE, key, perturb  # noqa: F401 (key: fixture)
+from flow_test_utils import key, perturb  # noqa: F401 (key: fixture)
 from gen_jax import flows
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3), compiler_options=FAST_COMPILE)
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def _log_det_report(module, key, x, scale):
     """Init on ``x`` (float32), perturb, then in float64: explicit log-dets, round trip and the
     slogdet of the autodiff Jacobian, all in one compiled call (compiling is the slow part)."""

@@ -9,11 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from flow_test_utils import FAST_COMPILE, key, perturb  # noqa: F401 (key: fixture)
+from flow_test_utils import key, perturb  # noqa: F401 (key: fixture)
 from gen_jax import flows
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3), compiler_options=FAST_COMPILE)
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def _model_report(model, key, x, scale):
     """Init (data-dependent) on ``x``, perturb, then in float64: log-dets, round trip, slogdet(jacfwd)."""
     variables = perturb(model.init(key, x.astype(jnp.float32)), jax.random.fold_in(key, 1), scale)
