@@ -140,6 +140,35 @@ def test_bound_standard_error_over_examples(monkeypatch):
     np.testing.assert_allclose(ev["bits_per_dim_se"], per.std(ddof=1) / np.sqrt(5), rtol=1e-4)
 
 
+def test_image_ode_nll_takes_its_options_from_the_config(monkeypatch):
+    """The image ODE likelihood's bookkeeping: ``eval.ode_examples`` held-out images in solves of
+    ``eval.ode_batch_size``, the config's divergence and tolerances passed to the solver, bits/dim = nats /
+    (D ln 2) with its standard error. The solve is replaced by a known per-image value (the mean pixel)."""
+    from gen_jax import diffusion
+
+    calls = []
+
+    def fake_solve(flow, x, key, **solver):
+        calls.append((x.shape[0], solver))
+        return {"nll_nats": x.reshape(x.shape[0], -1).astype(jnp.float32).mean(-1), "num_steps": jnp.asarray(7)}
+
+    monkeypatch.setattr(diffusion, "dequantized_bits_per_dim", fake_solve)
+    config = ddpm_mnist.get_config("smoke")
+    config.eval.ode_examples, config.eval.ode_batch_size = 5, 2
+    config.eval.ode_divergence, config.eval.ode_rtol = "gaussian", 1e-3
+    x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    _, _, ctx = _context(config, MNIST, [{"x": x[:4]}, {"x": x[4:]}])
+    ev = evaluators.build(["ode_nll"], config.eval, ctx)[0](ctx.params[0], jax.random.key(1))
+    assert [n for n, _ in calls] == [2, 2, 1]
+    assert all(solver == dict(divergence_kind="gaussian", rtol=1e-3, atol=1e-5) for _, solver in calls), calls
+    nats = x[:5].reshape(5, -1).mean(-1)
+    assert ev["ode_examples"] == 5 and ev["ode_solver_steps"] == 7
+    np.testing.assert_allclose(ev["ode_nll_nats"], nats.mean(), rtol=1e-5)
+    np.testing.assert_allclose(ev["ode_bits_per_dim"], nats.mean() / (784 * np.log(2)), rtol=1e-5)
+    np.testing.assert_allclose(ev["ode_bits_per_dim_se"], nats.std(ddof=1) / np.sqrt(5) / (784 * np.log(2)),
+                               rtol=1e-4)
+
+
 def test_sample_evaluators_score_every_seed_from_one_draw():
     """modes and frechet score each seed's own samples (one draw for all seeds and both evaluators): the
     summary's mean/std/min over seeds equal those of mode_coverage applied to each seed's samples."""

@@ -12,7 +12,7 @@ variance the DDPM sampler uses (sigma_t^2 = beta_tilde_t): 1000 U-Net calls per 
 
 from ml_collections import config_dict
 
-from experiments.configs.common import base_config, shrink_for_smoke
+from experiments.configs.common import base_config, ode_likelihood_eval, shrink_for_smoke
 from experiments.configs.ddpm_toy import diffusion_objective
 
 
@@ -46,6 +46,8 @@ def get_config(arg=None):
     c.eval.bound_variance = "small"  # the bound of the reverse process we sample from (ddpm_variance)
     c.eval.figure_images = 16
     c.eval.num_samples = 64
+    # the probability-flow ODE's bits/dim, not run by default ('--config.eval.evaluators=bound,ode_nll'):
+    ode_likelihood_eval(c, examples=100, batch_size=100)
     c.data.num_eval = 2000  # test images for the held-out loss (the bound uses the first 100)
     c.data.eval_batch_size = 500
     c.train.log_every = 100
@@ -69,6 +71,7 @@ def get_config(arg=None):
         c.eval.bound_t_chunk = 5
         c.eval.ddim_steps = 5
         c.eval.figure_images = 4
+        c.eval.ode_examples = c.eval.ode_batch_size = 8
         c.train.sample_every = 0
     elif arg:
         raise ValueError(f"ddpm_mnist: unknown config argument {arg!r}; expected 'smoke' or nothing.")

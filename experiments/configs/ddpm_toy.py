@@ -8,7 +8,7 @@ probability-flow ODE, to set beside the true entropy. ``get_config('smoke')`` ru
 
 from ml_collections import config_dict
 
-from experiments.configs.common import base_config, shrink_for_smoke
+from experiments.configs.common import base_config, ode_likelihood_eval, shrink_for_smoke
 
 
 def diffusion_objective(c, *, num_timesteps: int = 1000) -> None:
@@ -58,7 +58,7 @@ def get_config(arg=None):
     c.eval.bound_t_chunk = 8
     c.eval.bound_variance = "small"
     c.eval.figure_points = 2000
-    c.eval.ode_examples = 2000  # held-out points for the probability-flow ODE's log-likelihood ('ode_nll')
+    ode_likelihood_eval(c, examples=2000, batch_size=100)  # the probability-flow ODE's log-likelihood ('ode_nll')
     c.eval.num_samples = 2500
     c.data.num_eval = 10_000
     c.train.log_every = 200
