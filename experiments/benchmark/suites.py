@@ -121,7 +121,7 @@ SUITES = {
         dp_devices=(1, 2, 4, 8), dp_sizes=("cifar",), loop_steps=10, ddim_steps=50,
         sample_n={"toy": 10_000, "mnist": 64, "cifar": 64}, ddpm_sizes=("toy", "mnist", "cifar"),
         tuning_sizes=("cifar",), kernel_batch=128, section_steps=20, conv_seeds=(4,),
-        variants=("train.precision=bfloat16", "model.remat=dots", "model.remat=full",
+        variants=("train.precision=bfloat16", "train.precision=float16", "model.remat=dots", "model.remat=full",
                   "train.precision=bfloat16,model.remat=full"), variant_sizes=("mnist", "cifar")),
 }
 
