@@ -98,6 +98,11 @@ def image_frechet_eval(c: config_dict.ConfigDict, *, num_samples: int = 10_000, 
     c.eval.classifier_path = config_dict.placeholder(str)  # e.g. runs/mnist_classifier.msgpack to reuse it across runs
 
 
+#: The 'ode_nll' evaluator's relative and absolute solver tolerance, for configs that do not set ``eval.ode_rtol`` /
+#: ``eval.ode_atol``.
+ODE_TOLERANCE = 1e-5
+
+
 def ode_likelihood_eval(c: config_dict.ConfigDict, *, examples: int, batch_size: int) -> None:
     """The options of the 'ode_nll' evaluator (experiments/evaluators/likelihood.py): held-out examples and
     examples per solve; the divergence ('exact', Hutchinson's 'rademacher' or 'gaussian'; unset: exact for
@@ -105,8 +110,8 @@ def ode_likelihood_eval(c: config_dict.ConfigDict, *, examples: int, batch_size:
     c.eval.ode_examples = examples
     c.eval.ode_batch_size = batch_size
     c.eval.ode_divergence = config_dict.placeholder(str)
-    c.eval.ode_rtol = 1e-5
-    c.eval.ode_atol = 1e-5
+    c.eval.ode_rtol = ODE_TOLERANCE
+    c.eval.ode_atol = ODE_TOLERANCE
 
 
 def resolve_eval(config: config_dict.ConfigDict, kind: str, num_classes: int) -> None:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.configs.common import ODE_TOLERANCE
 from experiments.tasks.base import Context
 from gen_jax import metrics, vae
 
@@ -138,8 +139,8 @@ class ODELikelihood:
     ``ode_nll_nats`` and its standard error over the examples; 8-bit images are uniformly dequantised
     (an upper bound on the discrete NLL) and also give ``ode_bits_per_dim``. Options: ``ode_examples``,
     ``ode_batch_size``, ``ode_divergence`` ('exact', or Hutchinson's 'rademacher' / 'gaussian'; default exact
-    for vectors, rademacher for images), ``ode_rtol``/``ode_atol`` (1e-5), and the mean number of accepted solver
-    steps ``ode_solver_steps``."""
+    for vectors, rademacher for images), ``ode_rtol``/``ode_atol`` (default ``ODE_TOLERANCE``, 1e-5), and the
+    mean number of accepted solver steps ``ode_solver_steps``."""
 
     num_samples = 0
 
@@ -152,8 +153,8 @@ class ODELikelihood:
         self.ctx, self.is_image = ctx, ctx.data.kind == "image"
         self.examples, self.batch_size = int(options.get("ode_examples", 100)), int(options.get("ode_batch_size", 100))
         kind = options.get("ode_divergence", None) or ("rademacher" if self.is_image else "exact")
-        solver = dict(divergence_kind=kind, rtol=float(options.get("ode_rtol", 1e-5)),
-                      atol=float(options.get("ode_atol", 1e-5)))
+        solver = dict(divergence_kind=kind, rtol=float(options.get("ode_rtol", ODE_TOLERANCE)),
+                      atol=float(options.get("ode_atol", ODE_TOLERANCE)))
         if self.is_image:
             self._fn = lambda params, x, key: diffusion.dequantized_bits_per_dim(  # noqa: E731
                 ctx.model.probability_flow(params), x, key, **solver)
