@@ -183,38 +183,81 @@ def test_space_to_depth_inverts_depth_to_space():
         Downsample2x(4, "pool").init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
 
 
+class _FlaxGroupNormThen(nn.Module):
+    """flax's GroupNorm followed by an activation (the reference for ``GroupNorm(activation=...)``)."""
+    num_groups: int
+    activation: object = None
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-6, name="norm")(x)
+        return y if self.activation is None else self.activation(y)
+
+
+@pytest.mark.parametrize("activation", [None, nn.swish], ids=["plain", "swish"])
 @pytest.mark.parametrize("shape,groups", [((3, 6, 5, 16), 8), ((4, 7, 32), 32), ((3, 10), 5)])
-def test_group_norm_equals_flax_group_norm(shape, groups):
-    """Same parameter tree, values and gradients (w.r.t. input and parameters) as flax's GroupNorm; the
-    output of every (example, group) has mean 0 and variance var / (var + eps) before the affine map."""
+def test_group_norm_equals_flax_group_norm(shape, groups, activation):
+    """Same parameter tree, values and gradients (w.r.t. input and parameters) as flax's GroupNorm (followed
+    by the activation, where one is fused in); the output of every (example, group) has mean 0 and variance
+    var / (var + eps) before the affine map."""
     x = 3.0 * jax.random.normal(jax.random.key(0), shape) + 1.5
-    ours, ref = gnn.GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups, epsilon=1e-6)
+    ours, ref = gnn.GroupNorm(num_groups=groups, activation=activation), _FlaxGroupNormThen(groups, activation)
     params = ours.init(jax.random.key(1), x)
-    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ref.init(jax.random.key(1), x))
-    y = jax.jit(ours.apply)(params, x).reshape(shape[0], -1, groups, shape[-1] // groups)
-    var = np.asarray(x, np.float64).reshape(y.shape).var(axis=(1, 3))
-    np.testing.assert_allclose(y.mean(axis=(1, 3)), 0.0, atol=1e-5)
-    np.testing.assert_allclose(y.var(axis=(1, 3)), var / (var + 1e-6), rtol=1e-4)
+    ref_shapes = jax.tree.map(jnp.shape, ref.init(jax.random.key(1), x))["params"]["norm"]
+    assert jax.tree.map(jnp.shape, params)["params"] == ref_shapes
+    if activation is None:
+        y = jax.jit(ours.apply)(params, x).reshape(shape[0], -1, groups, shape[-1] // groups)
+        var = np.asarray(x, np.float64).reshape(y.shape).var(axis=(1, 3))
+        np.testing.assert_allclose(y.mean(axis=(1, 3)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(y.var(axis=(1, 3)), var / (var + 1e-6), rtol=1e-4)
+
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+    models = ((ours, params), (ref, {"params": {"norm": params["params"]}}))
 
     @jax.jit
-    def value_and_grads(params, x):
+    def value_and_grads(x):
         loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
-        return [(m.apply(params, x), jax.grad(loss(m), (0, 1))(params, x)) for m in (ours, ref)]
+        return [(m.apply(p, x), jax.grad(loss(m), (0, 1))(p, x)) for m, p in models]
 
-    (y, grads), (y_ref, grads_ref) = value_and_grads(
-        jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params), x)
+    (y, grads), (y_ref, grads_ref) = value_and_grads(x)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
     # forward mode too (its own tangent rule, which reverse mode transposes): jvp in x and the parameters,
     # and the second derivative (the ODE likelihood's divergence differentiates through it)
-    tangents = (jax.tree.map(lambda p: jax.random.normal(jax.random.key(3), p.shape), params),
-                jax.random.normal(jax.random.key(4), shape))
-    jvps = [jax.jit(lambda p, x, m=m: jax.jvp(m.apply, (p, x), tangents))(params, x) for m in (ours, ref)]
+    dx = jax.random.normal(jax.random.key(4), shape)
+    dp = jax.tree.map(lambda p: jax.random.normal(jax.random.key(3), p.shape), params)
+    jvps = [jax.jit(lambda p, x, m=m, t=t: jax.jvp(m.apply, (p, x), (t, dx)))(p, x)
+            for (m, p), t in zip(models, (dp, {"params": {"norm": dp["params"]}}))]
     np.testing.assert_allclose(jvps[0][1], jvps[1][1], rtol=1e-4, atol=1e-4)
-    hvp = [jax.jit(jax.grad(lambda x, m=m: jnp.sum(jax.jvp(lambda u: jnp.sin(m.apply(params, u)), (x,),
-                                                            (tangents[1],))[1] ** 2)))(x) for m in (ours, ref)]
+    def squared_jvp(m, p):
+        return lambda x: jnp.sum(jax.jvp(lambda u: jnp.sin(m.apply(p, u)), (x,), (dx,))[1] ** 2)
+
+    hvp = [jax.jit(jax.grad(squared_jvp(m, p)))(x) for m, p in models]
     np.testing.assert_allclose(hvp[0], hvp[1], rtol=1e-3, atol=1e-3)
+
+
+def test_group_norm_with_activation_keeps_only_its_input_for_the_backward_pass():
+    """The fused norm + activation saves x and the [B, C] statistics for reverse mode, no full-size copy;
+    the activation applied after the norm saves three more (the normalised x and the activation's two)."""
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 8))
+
+    def full_size_residuals(f, params):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            print_saved_residuals(f, params, x)
+        return [line for line in out.getvalue().splitlines() if line.startswith("f32[2,5,5,8]")]
+
+    fused, plain = gnn.GroupNorm(num_groups=4, activation=nn.swish), gnn.GroupNorm(num_groups=4)
+    params = fused.init(jax.random.key(1), x)
+    saved = full_size_residuals(fused.apply, params)
+    assert len(saved) == 1 and "from the argument" in saved[0], saved
+    assert len(full_size_residuals(lambda p, x: nn.swish(plain.apply(p, x)), params)) == 4
 
 
 def test_group_norm_rejects_channels_not_divisible_by_groups():

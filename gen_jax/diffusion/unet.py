@@ -19,10 +19,10 @@ from gen_jax.nn import Conv, GroupNorm, remat
 __all__ = ["UNet", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
 
 
-def _group_norm(num_groups: int, channels: int, name: str | None = None) -> GroupNorm:
+def _group_norm(num_groups: int, channels: int, name: str | None = None, activation=None) -> GroupNorm:
     if channels % num_groups != 0:
         raise ValueError(f"GroupNorm: channels={channels} is not divisible by norm_groups={num_groups}")
-    return GroupNorm(num_groups=num_groups, epsilon=1e-6, name=name)
+    return GroupNorm(num_groups=num_groups, epsilon=1e-6, activation=activation, name=name)
 
 
 class ResBlock(nn.Module):
@@ -41,11 +41,11 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
         c_in = x.shape[-1]
-        h = nn.swish(_group_norm(self.norm_groups, c_in, "norm0")(x))
+        h = _group_norm(self.norm_groups, c_in, "norm0", nn.swish)(x)
         h = Conv(self.features, (3, 3), padding="SAME", kernel_init=default_init(), name="conv0")(h)
         temb_proj = nn.Dense(self.features, kernel_init=default_init(), name="temb_proj")(nn.swish(temb))
         h = h + temb_proj[:, None, None, :]  # [B, H, W, features]
-        h = nn.swish(_group_norm(self.norm_groups, self.features, "norm1")(h))
+        h = _group_norm(self.norm_groups, self.features, "norm1", nn.swish)(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = Conv(self.features, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros, name="conv1")(h)
         if c_in != self.features:
@@ -210,6 +210,6 @@ class UNet(nn.Module):
                 h = Upsample(self.resample_with_conv)(h)
         assert not hs, "every skip connection is consumed"
 
-        h = nn.swish(_group_norm(self.norm_groups, h.shape[-1], "norm_out")(h))
+        h = _group_norm(self.norm_groups, h.shape[-1], "norm_out", nn.swish)(h)
         out_ch = self.out_channels if self.out_channels is not None else C
         return Conv(out_ch, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros, name="conv_out")(h)
