@@ -157,7 +157,8 @@ class GroupNorm(nn.Module):
     backward pass, which recomputes the normalisation and the activation from them: the plain composition
     keeps three more activation-sized arrays (the normalised ``x`` and the activation's two residuals), and
     writing and reading them back cost more than recomputing them (the U-Net's step: 9 % fewer bytes
-    accessed, 17 % less temporary memory, 1.03x faster; experiments/BENCHMARKS.md). The values and gradients are the same.
+    accessed, 17 % less temporary memory, 1.03x faster; experiments/BENCHMARKS.md). The values and gradients
+    are the same.
 
     Attributes:
       num_groups: ``G``; must divide the channels.

@@ -230,6 +230,7 @@ def test_group_norm_equals_flax_group_norm(shape, groups, activation):
     jvps = [jax.jit(lambda p, x, m=m, t=t: jax.jvp(m.apply, (p, x), (t, dx)))(p, x)
             for (m, p), t in zip(models, (dp, {"params": {"norm": dp["params"]}}))]
     np.testing.assert_allclose(jvps[0][1], jvps[1][1], rtol=1e-4, atol=1e-4)
+
     def squared_jvp(m, p):
         return lambda x: jnp.sum(jax.jvp(lambda u: jnp.sin(m.apply(p, u)), (x,), (dx,))[1] ** 2)
 
