@@ -8,7 +8,9 @@ restores the run's newest checkpoint (its evaluation parameters, the EMA), draws
 the Frechet distance in the plane; images: the Frechet distance in the small classifier's features). Writes
 ``samplers.md`` and ``samplers.json`` in the workdir. Samplers: ``ddpm``, ``ddim`` (DDPM models), ``ancestral``
 (VDM), ``heun``/``euler`` (flow matching ODE), and for every model ``dpm_solver_pp_2m``, ``dpm_solver_pp_2m_sde``
-and ``edm_heun`` (``edm_heun:steps:churn``: EDM's stochastic sampler with S_churn = churn).
+and ``edm_heun`` (``edm_heun:steps:churn``: EDM's stochastic sampler with S_churn = churn;
+``dpm_solver_pp_2m:steps:karras``, ``dpm_solver_pp_2m_sde:steps:karras``: on Karras et al.'s levels instead of
+uniform in log-SNR).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ config_flags.DEFINE_config_file("config", None, "The run's config (a name in exp
                                 lock_config=False)
 flags.DEFINE_string("workdir", None, "The trained run's workdir.")
 flags.DEFINE_string("samplers", "dpm_solver_pp_2m:10,dpm_solver_pp_2m:20,edm_heun:10,edm_heun:18",
-                    "Comma-separated sampler:steps.")
+                    "Comma-separated sampler:steps, edm_heun:steps:churn or dpm_solver_pp_2m[_sde]:steps:spacing.")
 flags.DEFINE_integer("n", 2000, "Samples per sampler.")
 flags.DEFINE_integer("seed", 0, "Key of the samples.")
 flags.DEFINE_bool("timed_repeat", True, "Time each sampler on a second, compiled call (the first call compiles); "
@@ -41,17 +43,22 @@ flags.DEFINE_bool("timed_repeat", True, "Time each sampler on a second, compiled
                   "so slow that compilation is noise, e.g. 1000-step DDPM on a U-Net).")
 
 
-def sampler_options(model, sampler: str, steps: int, base: dict, churn: float = 0.0) -> tuple[dict, int]:
-    """``model.sample`` options of ``sampler`` with ``steps`` (``churn``: EDM's S_churn, 'edm_heun' only), and its
-    number of network calls."""
+def sampler_options(model, sampler: str, steps: int, base: dict, churn: float = 0.0,
+                    spacing: str | None = None) -> tuple[dict, int]:
+    """``model.sample`` options of ``sampler`` with ``steps`` (``churn``: EDM's S_churn, 'edm_heun' only;
+    ``spacing``: the DPM-Solver++ samplers' levels), and its number of network calls."""
     from gen_jax.diffusion import FAST_SAMPLERS
 
     if churn and sampler != "edm_heun":
         raise ValueError(f"a churn (sampler:steps:churn) is an option of edm_heun only; got {sampler!r}")
+    if spacing is not None and sampler not in ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde"):
+        raise ValueError(f"a spacing (sampler:steps:spacing) is an option of the DPM-Solver++ samplers only; "
+                         f"got {sampler!r}")
     clip = {k: base[k] for k in ("clip_x", "clip_x0") if k in base}
     if sampler in FAST_SAMPLERS:
         nfe = 2 * steps - 1 if sampler == "edm_heun" else steps
         return {"sampler": sampler, "num_steps": steps, **({"churn": churn} if churn else {}),
+                **({"spacing": spacing} if spacing else {}),
                 **({"clip_x": clip.get("clip_x", clip.get("clip_x0"))} if clip else {})}, nfe
     if sampler in ("ddpm", "ddim"):  # DDPM models (DDIM: eta = 0)
         opts = {k: v for k, v in base.items() if k != "sampler"}
@@ -66,7 +73,8 @@ def sampler_options(model, sampler: str, steps: int, base: dict, churn: float = 
 
 def compare(config, workdir: str, specs: list[tuple], n: int, seed: int, log=print,
             timed_repeat: bool = True) -> list[dict]:
-    """One row per ``(sampler, steps)`` or ``(sampler, steps, churn)`` of ``specs`` (see the module docstring)."""
+    """One row per ``(sampler, steps)``, ``(sampler, steps, churn)`` or ``(sampler, steps, spacing)`` of ``specs`` (see
+    the module docstring)."""
     p = prepare(config, workdir)
     if p.resumed_from is None:
         raise ValueError(f"{workdir} has no checkpoint to sample from; train it first")
@@ -81,10 +89,13 @@ def compare(config, workdir: str, specs: list[tuple], n: int, seed: int, log=pri
         scorers.insert(0, ModeCoverage(config.eval, ctx))
     rows = []
     for sampler, steps, *rest in specs:
-        churn = float(rest[0]) if rest else 0.0
-        options, nfe = sampler_options(model, sampler, steps, ctx.sample_options, churn)
+        spacing = rest[0] if rest and isinstance(rest[0], str) else None
+        churn = float(rest[0]) if rest and spacing is None else 0.0
+        options, nfe = sampler_options(model, sampler, steps, ctx.sample_options, churn, spacing)
         if churn:
             sampler = f"{sampler} (churn {churn:g})"
+        if spacing:
+            sampler = f"{sampler} ({spacing})"
         key = jax.random.key(seed)
         t0 = time.perf_counter()
         x = np.asarray(jax.device_get(model.sample(params, key, n, **options)))
@@ -124,15 +135,17 @@ def main(argv):
 
     configure_xla_cpu()  # before the first JAX computation
     specs = []
+    usage = "--samplers expects sampler:steps (or edm_heun:steps:churn, dpm_solver_pp_2m[_sde]:steps:spacing) items"
     for item in FLAGS.samplers.split(","):
-        name, steps, *churn = item.strip().split(":")
+        name, steps, *option = item.strip().split(":")
         try:
-            specs.append((name, int(steps), *(float(c) for c in churn[:1])))
+            if name == "edm_heun":
+                option = [float(c) for c in option]
+            specs.append((name, int(steps), *option[:1]))
         except ValueError:
-            raise cli.UsageError(f"--samplers expects sampler:steps (or edm_heun:steps:churn) items, got {item!r}") \
-                from None
-        if len(churn) > 1 or int(steps) < 1:
-            raise cli.UsageError(f"--samplers expects sampler:steps (or edm_heun:steps:churn) items, got {item!r}")
+            raise cli.UsageError(f"{usage}, got {item!r}") from None
+        if len(option) > 1 or int(steps) < 1:
+            raise cli.UsageError(f"{usage}, got {item!r}")
     rows = compare(FLAGS.config, FLAGS.workdir, specs, FLAGS.n, FLAGS.seed, timed_repeat=FLAGS.timed_repeat)
     print(write(rows, FLAGS.workdir, f"{FLAGS.config.data.name}, {FLAGS.workdir}"))
 

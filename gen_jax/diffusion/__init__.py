@@ -12,8 +12,8 @@ from gen_jax.diffusion.log_snr import (LOG_SNR_SCHEDULES, CosineLogSNR, LearnedL
                                        log_snr_and_derivative, make_log_snr_schedule)
 from gen_jax.diffusion.flow_matching import FM_PATHS, ODE_SOLVERS, FlowMatchingModel, path_coefficients
 from gen_jax.diffusion.ode import DIVERGENCES, dequantized_bits_per_dim, divergence, ode_log_likelihood
-from gen_jax.diffusion.solvers import (FAST_SAMPLERS, dpm_solver_pp_2m, dpm_solver_pp_2m_sde, edm_heun, fast_sample,
-                                      karras_sigmas)
+from gen_jax.diffusion.solvers import (FAST_SAMPLERS, LOG_SNR_SPACINGS, dpm_solver_pp_2m, dpm_solver_pp_2m_sde,
+                                      edm_heun, fast_sample, karras_sigmas, solver_log_snrs)
 from gen_jax.diffusion.layers import TimeEmbedding, timestep_embedding
 from gen_jax.diffusion.losses import (
     WEIGHTINGS,
@@ -126,4 +126,6 @@ __all__ = [
     "dpm_solver_pp_2m_sde",
     "edm_heun",
     "karras_sigmas",
+    "LOG_SNR_SPACINGS",
+    "solver_log_snrs",
 ]

@@ -7,8 +7,10 @@ Both integrate the probability-flow ODE of z = alpha x + sigma eps through a *da
 one by ``data_predictor(params)`` -> ``(x_hat, lambda_max, lambda_min)`` whatever it predicts (eps, x0, v, a
 flow-matching velocity), so one implementation serves all. Each is one ``lax.scan``; NFE = network calls.
 
-* DPM-Solver++(2M), from lambda_min to lambda_max in S steps (NFE = S), h_i = (lambda_i - lambda_{i-1}) / 2
-  (steps in log(alpha / sigma), the solver's own variable):
+* DPM-Solver++(2M), from lambda_min to lambda_max in S steps (NFE = S) on S levels lambda_0 < ... < lambda_{S-1}
+  uniform in lambda (``spacing='log_snr'``, Lu et al.'s choice) or at Karras et al.'s sigma~ spacing (``'karras'``,
+  k-diffusion's "DPM++ 2M Karras": in lambda, short steps at high noise growing towards the data),
+  h_i = (lambda_i - lambda_{i-1}) / 2 (steps in log(alpha / sigma), the solver's own variable):
   z_i = (sigma_i / sigma_{i-1}) z_{i-1} - alpha_i expm1(-h_i) D_i with D_1 = x_hat_0 (first order) and
   D_i = (1 + 1/(2 r_i)) x_hat_{i-1} - 1/(2 r_i) x_hat_{i-2}, r_i = h_{i-1} / h_i; the last output is x_hat
   at lambda_max.
@@ -36,12 +38,13 @@ import jax.numpy as jnp
 
 from gen_jax.diffusion.log_snr import alpha_sigma
 
-__all__ = ["FAST_SAMPLERS", "fast_sample", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "edm_heun", "karras_sigmas",
-           "invert_decreasing"]
+__all__ = ["FAST_SAMPLERS", "LOG_SNR_SPACINGS", "fast_sample", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde",
+           "edm_heun", "karras_sigmas", "solver_log_snrs", "invert_decreasing"]
 
 Array = jax.Array
 DataPredictor = Callable[[Array, Array], Array]
 FAST_SAMPLERS = ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "edm_heun")
+LOG_SNR_SPACINGS = ("log_snr", "karras")  # the DPM-Solver++ samplers' level spacings (EDM Heun: always Karras)
 
 
 def invert_decreasing(f: Callable[[Array], Array], y: Array, lo: float = 0.0, hi: float = 1.0,
@@ -64,30 +67,44 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     return (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
+def solver_log_snrs(log_snr_max: float, log_snr_min: float, n: int, spacing: str = "log_snr",
+                    rho: float = 7.0) -> Array:
+    """A solver's ``n`` log-SNR levels, increasing from ``log_snr_min`` to ``log_snr_max``: uniform in lambda
+    (``spacing='log_snr'``) or Karras et al.'s ``n`` levels of sigma~ = exp(-lambda / 2) with exponent ``rho``
+    (``'karras'``)."""
+    if spacing not in LOG_SNR_SPACINGS:
+        raise ValueError(f"spacing must be one of {LOG_SNR_SPACINGS}; got {spacing!r}")
+    if spacing == "log_snr":
+        return jnp.linspace(log_snr_min, log_snr_max, n, dtype=jnp.float32)
+    s_max, s_min = jnp.exp(-0.5 * jnp.float32(log_snr_min)), jnp.exp(-0.5 * jnp.float32(log_snr_max))
+    return -2.0 * jnp.log(karras_sigmas(s_min, s_max, n, rho))
+
+
 def _check(num_steps: int, minimum: int) -> None:
     if not isinstance(num_steps, int) or num_steps < minimum:
         raise ValueError(f"num_steps must be an int >= {minimum}; got {num_steps!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("x_hat", "shape", "num_steps"))
+@functools.partial(jax.jit, static_argnames=("x_hat", "shape", "num_steps", "spacing"))
 def dpm_solver_pp_2m(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], log_snr_max: float,
-                     log_snr_min: float, num_steps: int = 20) -> Array:
-    """DPM-Solver++(2M) with ``num_steps`` network calls, uniform in lambda from ``log_snr_min`` (where z ~ N(0, I))
-    to ``log_snr_max``; returns the data prediction at ``log_snr_max`` [shape]."""
-    return _dpm_solver_pp_2m(x_hat, key, shape, log_snr_max, log_snr_min, num_steps, stochastic=False)
+                     log_snr_min: float, num_steps: int = 20, spacing: str = "log_snr") -> Array:
+    """DPM-Solver++(2M) with ``num_steps`` network calls from ``log_snr_min`` (where z ~ N(0, I)) to
+    ``log_snr_max`` on :func:`solver_log_snrs`' levels of ``spacing``; returns the data prediction at
+    ``log_snr_max`` [shape]."""
+    return _dpm_solver_pp_2m(x_hat, key, shape, log_snr_max, log_snr_min, num_steps, spacing, stochastic=False)
 
 
-@functools.partial(jax.jit, static_argnames=("x_hat", "shape", "num_steps"))
+@functools.partial(jax.jit, static_argnames=("x_hat", "shape", "num_steps", "spacing"))
 def dpm_solver_pp_2m_sde(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], log_snr_max: float,
-                         log_snr_min: float, num_steps: int = 20) -> Array:
+                         log_snr_min: float, num_steps: int = 20, spacing: str = "log_snr") -> Array:
     """SDE-DPM-Solver++(2M): :func:`dpm_solver_pp_2m`'s steps on the reverse diffusion SDE, fresh noise at each
     (the module docstring); ``num_steps`` network calls."""
-    return _dpm_solver_pp_2m(x_hat, key, shape, log_snr_max, log_snr_min, num_steps, stochastic=True)
+    return _dpm_solver_pp_2m(x_hat, key, shape, log_snr_max, log_snr_min, num_steps, spacing, stochastic=True)
 
 
-def _dpm_solver_pp_2m(x_hat, key, shape, log_snr_max, log_snr_min, num_steps, stochastic):
+def _dpm_solver_pp_2m(x_hat, key, shape, log_snr_max, log_snr_min, num_steps, spacing, stochastic):
     _check(num_steps, 1)
-    lam = jnp.linspace(log_snr_min, log_snr_max, num_steps, dtype=jnp.float32)
+    lam = solver_log_snrs(log_snr_max, log_snr_min, num_steps, spacing)
     z = jax.random.normal(key, shape, jnp.float32)
     if num_steps == 1:
         return x_hat(z, lam[0])
@@ -154,34 +171,39 @@ def edm_heun(x_hat: DataPredictor, key: Array, shape: tuple[int, ...], log_snr_m
 
 
 def fast_sample(model, params, key: Array, n: int, sampler: str = "dpm_solver_pp_2m", num_steps: int = 20,
-                labels: Array | None = None, clip_x: float | None = None, churn: float = 0.0) -> Array:
+                labels: Array | None = None, clip_x: float | None = None, churn: float = 0.0,
+                spacing: str | None = None) -> Array:
     """``n`` samples in ``model``'s space by a fast sampler on its ``data_predictor(params, labels)`` (class-
     conditional models: ``labels`` default to 0, 1, ... cycling over the classes); ``churn``: EDM's S_churn
-    (``edm_heun`` only)."""
+    (``edm_heun`` only); ``spacing``: the DPM-Solver++ samplers' levels, one of :data:`LOG_SNR_SPACINGS`
+    (default 'log_snr'; ``edm_heun`` is always on Karras levels)."""
     if sampler not in FAST_SAMPLERS:
         raise ValueError(f"fast sampler must be one of {FAST_SAMPLERS}; got {sampler!r}")
     if churn and sampler != "edm_heun":
         raise ValueError(f"churn is an option of 'edm_heun' (EDM's stochastic sampler), not of {sampler!r}")
+    if spacing is not None and sampler == "edm_heun":
+        raise ValueError("spacing is an option of the DPM-Solver++ samplers; 'edm_heun' is always on Karras levels")
     if model.num_classes is not None and labels is None:
         labels = jnp.arange(n, dtype=jnp.int32) % model.num_classes
-    # compiled once per model and (sampler, num_steps, n, clip_x, churn), cached on the model (models holding arrays,
-    # such as a DDPM's schedule, are not hashable, so the model cannot be a static argument)
+    # compiled once per model and (sampler, num_steps, n, clip_x, churn, spacing), cached on the model (models holding
+    # arrays, such as a DDPM's schedule, are not hashable, so the model cannot be a static argument)
     cache = model.__dict__.setdefault("_fast_sample_cache", {})
-    spec = (sampler, int(num_steps), int(n), None if clip_x is None else float(clip_x), float(churn))
+    spec = (sampler, int(num_steps), int(n), None if clip_x is None else float(clip_x), float(churn),
+            spacing or "log_snr")
     if spec not in cache:
         cache[spec] = jax.jit(functools.partial(_fast_sample, model, *spec))
     return cache[spec](params, key, labels)
 
 
-def _fast_sample(model, sampler, num_steps, n, clip_x, churn, params, key, labels):
+def _fast_sample(model, sampler, num_steps, n, clip_x, churn, spacing, params, key, labels):
     x_hat, lmax, lmin = model.data_predictor(params, labels)
     if clip_x is not None:
         x_hat = _clipped(x_hat, clip_x)
     shape = (n, *model.data_shape)
     if sampler == "dpm_solver_pp_2m":
-        return dpm_solver_pp_2m(x_hat, key, shape, lmax, lmin, num_steps=num_steps)
+        return dpm_solver_pp_2m(x_hat, key, shape, lmax, lmin, num_steps=num_steps, spacing=spacing)
     if sampler == "dpm_solver_pp_2m_sde":
-        return dpm_solver_pp_2m_sde(x_hat, key, shape, lmax, lmin, num_steps=num_steps)
+        return dpm_solver_pp_2m_sde(x_hat, key, shape, lmax, lmin, num_steps=num_steps, spacing=spacing)
     return edm_heun(x_hat, key, shape, lmax, lmin, num_steps=num_steps, churn=churn)
 
 
