@@ -204,18 +204,21 @@ def _sections(records: list[dict], measured: list[Entry], suite: Suite, peak_flo
     for e in (e for e in measured if e.family == "diffusion" and "samplers" not in skip):
         stamp(f"samplers: {e.name}")
         guard(records, "samplers", e, lambda e=e: measure_samplers(e, suite))
-    if "torch" in peers and "peers" not in skip:
-        _torch_peers(records, measured, suite, stamp)
+    if "torch" in peers and not {"peers", "peer_layers"} <= set(skip):
+        _torch_peers(records, measured, suite, stamp, skip)
 
 
-def _torch_peers(records: list[dict], measured: list[Entry], suite: Suite, stamp: Callable[[str], None]) -> None:
-    """The 'peers' section for PyTorch: every measured config with a twin; a note where torch or a twin is missing."""
+def _torch_peers(records: list[dict], measured: list[Entry], suite: Suite, stamp: Callable[[str], None],
+                 skip: tuple[str, ...] = ()) -> None:
+    """The 'peers' and 'peer_layers' sections for PyTorch (those not in ``skip``): every measured config with a
+    twin; a note where torch or a twin is missing."""
     from experiments.benchmark import peers
 
     missing = peers.torch_missing()
     if missing:
         records.append({"kind": "skipped", "family": "-", "config": "-", "what": "peers", "reason": missing})
         return
+    from experiments.benchmark.peers.layers import measure_peer_layers
     from experiments.benchmark.peers.section import measure_peers
 
     for e in measured:
@@ -227,8 +230,12 @@ def _torch_peers(records: list[dict], measured: list[Entry], suite: Suite, stamp
             records.append({"kind": "skipped", "family": e.family, "config": e.name, "what": "peers",
                             "reason": f"no PyTorch twin (twins: {', '.join(sorted(peers.TWINS))})"})
             continue
-        stamp(f"PyTorch peer: {e.name}")
-        guard(records, "peers", e, lambda e=e: measure_peers(e, suite))
+        if "peers" not in skip:
+            stamp(f"PyTorch peer: {e.name}")
+            guard(records, "peers", e, lambda e=e: measure_peers(e, suite))
+        if "peer_layers" not in skip:
+            stamp(f"PyTorch peer layers: {e.name}")
+            guard(records, "peer layers", e, lambda e=e: measure_peer_layers(e, suite))
 
 
 def _write(out_dir: str, result: dict, layers: dict[str, dict]) -> None:

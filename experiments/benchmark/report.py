@@ -61,7 +61,7 @@ def render_markdown(result: dict) -> str:
     for section in (_train_steps, _profile, _op_by_op, _vmap, _batch_scaling, _data_parallel, _donation, _input):
         lines += section(by)
     lines += _xla_flags(by, env)
-    for section in (_kernels, _samplers, _peers, _loop_check):
+    for section in (_kernels, _samplers, _peers, _peer_layers, _loop_check):
         lines += section(by)
     lines += _targets(result["targets"])
     lines += _skipped(by)
@@ -287,6 +287,34 @@ def _peers(by: Records) -> list[str]:
                       torch_ms(r, "compile"), ratio(r, "eager"), ratio(r, "compile"),
                       _fmt(r.get("torch_compile_first_s"), ".0f")] for r in by("peer")]),
             "", f"PyTorch: {by('peer')[0]['peer']}, {by('peer')[0]['torch_threads']} threads.", ""]
+
+
+def _peer_layers(by: Records, top: int = 6) -> list[str]:
+    recs = by("peer_layers")
+    if not recs:
+        return []
+    steps = {r["config"]: r for r in by("peer")}
+    lines = ["## Layers alone: gen_jax vs PyTorch (`--peers torch`, section `peer_layers`)", "",
+             "Every convolution and dense layer the config's train step calls, each timed alone (gen_jax: the same "
+             "flax module compiled; PyTorch eager `Conv2d` / `Linear`, NCHW), alternating, summed over the calls "
+             "(ms). ratio = PyTorch's sum / gen_jax's over the layers PyTorch mirrors. Beside them, the whole steps "
+             "of the 'peers' section: what a step spends outside its layers is the step minus the layers' "
+             "forward + backward.", "",
+             *_table(["config", "batch", "calls (distinct)", "gen_jax fwd", "PyTorch fwd", "gen_jax fwd+bwd",
+                      "PyTorch fwd+bwd", "ratio fwd+bwd", "gen_jax step", "PyTorch eager step"],
+                     [[r["config"], str(r["batch"]), f"{r['calls']} ({len(r['layers'])})",
+                       _fmt(r["sum_jax_fwd_ms"], ".4g"), _fmt(r["sum_torch_fwd_ms"], ".4g"),
+                       _fmt(r["sum_jax_fwdbwd_ms"], ".4g"), _fmt(r["sum_torch_fwdbwd_ms"], ".4g"),
+                       f"{r['ratio_fwdbwd']:.2f}x", _ms(steps.get(r["config"], {}).get("jax_median_s")),
+                       _ms(steps.get(r["config"], {}).get("torch_eager_median_s"))] for r in recs]), ""]
+    for r in recs:
+        rows = sorted((x for x in r["layers"] if "torch_fwdbwd_ms" in x),
+                      key=lambda x: -x["count"] * abs(x["jax_fwdbwd_ms"] - x["torch_fwdbwd_ms"]))[:top]
+        lines += [f"{r['config']}: the {len(rows)} layers with the largest difference (ms per call):", "",
+                  *_table(["layer", "calls", "gen_jax fwd", "PyTorch fwd", "gen_jax fwd+bwd", "PyTorch fwd+bwd"],
+                          [[x["name"], str(x["count"]), _fmt(x["jax_fwd_ms"]), _fmt(x["torch_fwd_ms"]),
+                            _fmt(x["jax_fwdbwd_ms"]), _fmt(x["torch_fwdbwd_ms"])] for x in rows]), ""]
+    return lines + [f"PyTorch: {recs[0]['peer']}, {recs[0]['torch_threads']} threads.", ""]
 
 
 def _loop_check(by: Records) -> list[str]:

@@ -18,7 +18,8 @@ SIZE_BY_SHAPE = {(28, 28, 1): "mnist", (32, 32, 3): "cifar"}
 # Which config stands for a (family, size) when several exist: first match wins, then alphabetical.
 PREFERRED_CONFIGS = ("realnvp_toy", "ddpm_toy", "vae_toy", "gan_ring8")
 # cross-config sections, in the order they run (``--skip`` / ``--only`` name them)
-SECTIONS = ("op_by_op", "vmap", "scaling", "dp", "samplers", "donation", "flags", "kernels", "input", "peers")
+SECTIONS = ("op_by_op", "vmap", "scaling", "dp", "samplers", "donation", "flags", "kernels", "input", "peers",
+            "peer_layers")
 TARGETS = {
     "peer_eager": 1.0,  # PyTorch eager step time / gen_jax's, every config with a twin (--peers torch), CPU
     "peer_compile": 0.9,  # the same against torch.compile

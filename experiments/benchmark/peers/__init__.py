@@ -68,6 +68,17 @@ def torch_missing() -> str | None:
     return None
 
 
+def set_torch_threads() -> int:
+    """PyTorch's intra-op threads set to the cores this process may use (as XLA's CPU client uses them)."""
+    import os
+
+    import torch
+
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def build(name: str, config, batch: dict, compile: bool = False) -> Twin:
     """The twin of config ``name`` (a key of :data:`TWINS`).
 

@@ -3,7 +3,6 @@ and under ``torch.compile``, alternating in rounds within one run, reported as r
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -38,8 +37,7 @@ def measure_peers(entry: Entry, suite: Suite, rounds: int = ROUNDS) -> dict:
     """
     import torch
 
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(threads)
+    threads = peers.set_torch_threads()
     name, batch_size = entry.name, batch_for(entry, suite)  # a base config: the driver notes overridden ones
     task, data = tasks.load(entry.config, batch_size)
     host = tasks.example_batch(data, batch_size)
