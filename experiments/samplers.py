@@ -129,23 +129,35 @@ def write(rows: list[dict], workdir: str, title: str) -> str:
     return path
 
 
+def parse_samplers(text: str) -> list[tuple]:
+    """``--samplers``' comma-separated items as :func:`compare`'s specs: ``sampler:steps`` -> (sampler, steps),
+    ``edm_heun:steps:churn`` -> (..., churn as a float), ``dpm_solver_pp_2m[_sde]:steps:spacing`` -> (..., spacing)."""
+    from gen_jax.diffusion import LOG_SNR_SPACINGS
+
+    usage = "--samplers expects sampler:steps (or edm_heun:steps:churn, dpm_solver_pp_2m[_sde]:steps:spacing) items"
+    specs = []
+    for item in text.split(","):
+        name, *rest = item.strip().split(":")
+        try:
+            steps, option = int(rest[0]), rest[1:]
+            if name == "edm_heun":
+                option = [float(c) for c in option]
+        except (IndexError, ValueError):
+            raise cli.UsageError(f"{usage}, got {item!r}") from None
+        dpm = name in ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde")
+        if len(option) > 1 or steps < 1 or (option and not (name == "edm_heun" or dpm)) or (
+                dpm and option and option[0] not in LOG_SNR_SPACINGS):
+            raise cli.UsageError(f"{usage} (spacings: {', '.join(LOG_SNR_SPACINGS)}), got {item!r}")
+        specs.append((name, steps, *option))
+    return specs
+
+
 def main(argv):
     del argv
     from gen_jax.train import configure_xla_cpu
 
     configure_xla_cpu()  # before the first JAX computation
-    specs = []
-    usage = "--samplers expects sampler:steps (or edm_heun:steps:churn, dpm_solver_pp_2m[_sde]:steps:spacing) items"
-    for item in FLAGS.samplers.split(","):
-        name, steps, *option = item.strip().split(":")
-        try:
-            if name == "edm_heun":
-                option = [float(c) for c in option]
-            specs.append((name, int(steps), *option[:1]))
-        except ValueError:
-            raise cli.UsageError(f"{usage}, got {item!r}") from None
-        if len(option) > 1 or int(steps) < 1:
-            raise cli.UsageError(f"{usage}, got {item!r}")
+    specs = parse_samplers(FLAGS.samplers)
     rows = compare(FLAGS.config, FLAGS.workdir, specs, FLAGS.n, FLAGS.seed, timed_repeat=FLAGS.timed_repeat)
     print(write(rows, FLAGS.workdir, f"{FLAGS.config.data.name}, {FLAGS.workdir}"))
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from experiments import samplers
+from experiments import cli, samplers
 from experiments.configs import ddpm_toy
 from experiments.run import train_and_evaluate
 
@@ -26,3 +26,12 @@ def test_sampler_table_of_a_trained_run(tmp_path):
     assert len(json.load(open(os.path.join(wd, "samplers.json")))) == 5
     with pytest.raises(ValueError, match="spacing .* is an option of the DPM-Solver"):
         samplers.compare(config, wd, [("edm_heun", 3, "karras")], n=8, seed=0, log=None)
+
+
+def test_sampler_items_parse_with_their_options():
+    assert samplers.parse_samplers("ddpm:1000, edm_heun:18:10,dpm_solver_pp_2m_sde:20:karras,dpm_solver_pp_2m:20") == [
+        ("ddpm", 1000), ("edm_heun", 18, 10.0), ("dpm_solver_pp_2m_sde", 20, "karras"), ("dpm_solver_pp_2m", 20)]
+    for bad in ("ddpm", "ddpm:x", "ddpm:0", "edm_heun:18:x", "edm_heun:18:1:2", "ddpm:1000:karras",
+                "dpm_solver_pp_2m:20:quadratic"):
+        with pytest.raises(cli.UsageError, match="--samplers expects"):
+            samplers.parse_samplers(bad)
