@@ -157,7 +157,11 @@ def main(argv):
     from gen_jax.train import configure_xla_cpu
 
     configure_xla_cpu()  # before the first JAX computation
-    specs = parse_samplers(FLAGS.samplers)
+    try:
+        specs = parse_samplers(FLAGS.samplers)
+    except cli.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(cli.EXIT_USAGE)
     rows = compare(FLAGS.config, FLAGS.workdir, specs, FLAGS.n, FLAGS.seed, timed_repeat=FLAGS.timed_repeat)
     print(write(rows, FLAGS.workdir, f"{FLAGS.config.data.name}, {FLAGS.workdir}"))
 
