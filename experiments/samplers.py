@@ -42,6 +42,8 @@ flags.DEFINE_bool("timed_repeat", True, "Time each sampler on a second, compiled
                   "--notimed_repeat draws once and reports that call's seconds, compilation included (for samplers "
                   "so slow that compilation is noise, e.g. 1000-step DDPM on a U-Net).")
 
+DPM_SOLVERS = ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde")  # the samplers that take a spacing (sampler:steps:spacing)
+
 
 def sampler_options(model, sampler: str, steps: int, base: dict, churn: float = 0.0,
                     spacing: str | None = None) -> tuple[dict, int]:
@@ -51,7 +53,7 @@ def sampler_options(model, sampler: str, steps: int, base: dict, churn: float = 
 
     if churn and sampler != "edm_heun":
         raise ValueError(f"a churn (sampler:steps:churn) is an option of edm_heun only; got {sampler!r}")
-    if spacing is not None and sampler not in ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde"):
+    if spacing is not None and sampler not in DPM_SOLVERS:
         raise ValueError(f"a spacing (sampler:steps:spacing) is an option of the DPM-Solver++ samplers only; "
                          f"got {sampler!r}")
     clip = {k: base[k] for k in ("clip_x", "clip_x0") if k in base}
@@ -144,7 +146,7 @@ def parse_samplers(text: str) -> list[tuple]:
                 option = [float(c) for c in option]
         except (IndexError, ValueError):
             raise cli.UsageError(f"{usage}, got {item!r}") from None
-        dpm = name in ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde")
+        dpm = name in DPM_SOLVERS
         if len(option) > 1 or steps < 1 or (option and not (name == "edm_heun" or dpm)) or (
                 dpm and option and option[0] not in LOG_SNR_SPACINGS):
             raise cli.UsageError(f"{usage} (spacings: {', '.join(LOG_SNR_SPACINGS)}), got {item!r}")
