@@ -102,8 +102,8 @@ def _kernel_sizes(params) -> list[int]:
 
 
 def test_record_layers_finds_every_layer_of_the_step():
-    """Every convolution and dense layer of ddpm_mnist's train step is recorded once per call, with its shapes:
-    the U-Net calls each module once, so the calls equal its kernels and their sizes add up."""
+    """Every convolution, dense layer and GroupNorm of ddpm_mnist's train step is recorded once per call, with its
+    shapes: the U-Net calls each module once, so the calls equal its kernels (and norms) and their sizes add up."""
     entry = entry_of("ddpm_mnist", "smoke")
     task, data = tasks.load(entry.config, 8)
     state = tasks.abstract_state(task, jax.random.key(0))
@@ -115,11 +115,17 @@ def test_record_layers_finds_every_layer_of_the_step():
         return c_in * r["features"] * (int(np.prod(m.kernel_size)) // m.feature_group_count if r["kind"] == "conv"
                                        else 1)
 
-    assert sum(r["count"] for r in recs) == len(kernels)
-    assert sum(r["count"] * kernel_size(r) for r in recs) == sum(kernels)
-    assert {r["kind"] for r in recs} == {"conv", "dense"} and all(r["shape"][0] == 8 for r in recs
-                                                                   if r["kind"] == "conv")
-    assert all(r["name"] == layers.describe(r) and r["name"].startswith(r["kind"] + " ") for r in recs)
+    weights = [r for r in recs if r["kind"] != "norm"]
+    assert sum(r["count"] for r in weights) == len(kernels)
+    assert sum(r["count"] * kernel_size(r) for r in weights) == sum(kernels)
+    scales = [path for path, _ in jax.tree_util.tree_leaves_with_path(state.params)
+              if getattr(path[-1], "key", None) == "scale"]
+    assert sum(r["count"] for r in recs if r["kind"] == "norm") == len(scales)  # the U-Net's GroupNorms
+    assert {r["kind"] for r in recs} == {"conv", "dense", "norm"} and all(r["shape"][0] == 8 for r in recs
+                                                                           if r["kind"] != "dense")
+    assert "+ silu" in " ".join(r["name"] for r in recs if r["kind"] == "norm")
+    prefix = {"conv": "conv ", "dense": "dense ", "norm": "group norm "}
+    assert all(r["name"] == layers.describe(r) and r["name"].startswith(prefix[r["kind"]]) for r in recs)
 
 
 def test_torch_layers_mirror_the_flax_modules():
@@ -129,32 +135,38 @@ def test_torch_layers_mirror_the_flax_modules():
     torch = pytest.importorskip("torch")
     import flax.linen as fnn
 
-    from gen_jax.nn import Conv
+    from gen_jax.nn import Conv, GroupNorm
 
     class Net(fnn.Module):
         @fnn.compact
         def __call__(self, x):
             x = Conv(6, (3, 3), padding="SAME")(x)
+            x = GroupNorm(num_groups=2, activation=fnn.swish)(x)
             x = fnn.Conv(4, (4, 4), strides=(2, 2), padding="SAME")(x)
-            return fnn.Dense(5)(x)
+            return fnn.Dense(5)(fnn.GroupNorm(num_groups=2, epsilon=1e-5)(x))
 
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
     recs = layers.record_layers(lambda p, x: Net().apply(p, x), Net().init(jax.random.key(1), x), x)
-    assert [r["name"] for r in recs] == ["conv 3x3 3->6 @2x8x8", "conv 4x4 s2 6->4 @2x8x8", "dense 4->5 [2, 4, 4]"]
+    assert [r["name"] for r in recs] == ["conv 3x3 3->6 @2x8x8", "group norm 2 + silu @2x8x8x6",
+                                         "conv 4x4 s2 6->4 @2x8x8", "group norm 2 @2x4x4x4", "dense 4->5 [2, 4, 4]"]
     for r in recs:
         m = r["module"]
         xr = jax.random.normal(jax.random.key(2), r["shape"])
         p = m.init(jax.random.key(3), xr)
         want = np.asarray(m.apply(p, xr))
         layer, _ = layers.torch_layer(r)
-        k = np.asarray(p["params"]["kernel"])
         with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(k.T.copy() if r["kind"] == "dense" else k.transpose(3, 2, 0, 1).copy()))
-            layer.bias.copy_(torch.from_numpy(np.array(p["params"]["bias"])))
+            if r["kind"] == "norm":  # flax's initial scale 1 and bias 0, as PyTorch's
+                assert np.all(np.asarray(p["params"]["scale"]) == 1) and np.all(np.asarray(p["params"]["bias"]) == 0)
+            else:
+                k = np.asarray(p["params"]["kernel"])
+                layer.weight.copy_(torch.from_numpy(k.T.copy() if r["kind"] == "dense"
+                                                    else k.transpose(3, 2, 0, 1).copy()))
+                layer.bias.copy_(torch.from_numpy(np.array(p["params"]["bias"])))
             xt = torch.from_numpy(np.array(xr))
             got = (layer(xt) if r["kind"] == "dense" else layer(xt.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)).numpy()
         assert got.shape == want.shape, r["name"]
-        if r["kind"] == "dense" or layers._pair(m.strides) == (1, 1):
+        if r["kind"] != "conv" or layers._pair(m.strides) == (1, 1):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     rows = layers.measure_layers(recs, rounds=1, steps=1, warmup=1)
     for row in rows:
@@ -165,10 +177,12 @@ def test_report_renders_the_layers():
     layer = {"kind": "conv", "shape": (128, 28, 28, 16), "dtype": "float32", "features": 16, "count": 4,
              "name": "conv 3x3 16->16 @128x28x28", "jax_fwd_ms": 5.0, "jax_fwdbwd_ms": 15.0, "torch_fwd_ms": 6.0,
              "torch_fwdbwd_ms": 18.0}
+    sums = {"calls": 4, "distinct": 1, "mirrored_calls": 4, "jax_fwd_ms": 20.0, "jax_fwdbwd_ms": 60.0,
+            "torch_fwd_ms": 24.0, "torch_fwdbwd_ms": 72.0, "ratio_fwdbwd": 1.2}
     rec = {"kind": "peer_layers", "family": "diffusion", "config": "ddpm_mnist", "batch": 128, "peer": "torch 2.x",
-           "torch_threads": 2, "layers": [layer], "calls": 4, "mirrored_calls": 4, "sum_jax_fwd_ms": 20.0,
-           "sum_jax_fwdbwd_ms": 60.0, "sum_torch_fwd_ms": 24.0, "sum_torch_fwdbwd_ms": 72.0, "ratio_fwdbwd": 1.2}
+           "torch_threads": 2, "layers": [layer], "sums": {"conv": sums, "all": sums}}
     lines = render_markdown({"env": ENV, "peak_gflops_per_s": 1.0,
                              "records": [rec], "targets": []}).splitlines()
-    assert "| ddpm_mnist | 128 | 4 (1) | 20 | 24 | 60 | 72 | 1.20x | - | - |" in lines
+    assert "| ddpm_mnist | 128 | convolutions | 4 (1) | 20 | 24 | 60 | 72 | 1.20x |  |  |" in lines
+    assert "| ddpm_mnist | 128 | all | 4 (1) | 20 | 24 | 60 | 72 | 1.20x | - | - |" in lines
     assert "| conv 3x3 16->16 @128x28x28 | 4 | 5 | 6 | 15 | 18 |" in lines

@@ -294,26 +294,33 @@ def _peer_layers(by: Records, top: int = 6) -> list[str]:
     if not recs:
         return []
     steps = {r["config"]: r for r in by("peer")}
-    lines = ["## Layers alone: gen_jax vs PyTorch (`--peers torch`, section `peer_layers`)", "",
-             "Every convolution and dense layer the config's train step calls, each timed alone (gen_jax: the same "
-             "flax module compiled; PyTorch eager `Conv2d` / `Linear`, NCHW), alternating, summed over the calls "
-             "(ms). ratio = PyTorch's sum / gen_jax's over the layers PyTorch mirrors. Beside them, the whole steps "
-             "of the 'peers' section: what a step spends outside its layers is the step minus the layers' "
-             "forward + backward.", "",
-             *_table(["config", "batch", "calls (distinct)", "gen_jax fwd", "PyTorch fwd", "gen_jax fwd+bwd",
-                      "PyTorch fwd+bwd", "ratio fwd+bwd", "gen_jax step", "PyTorch eager step"],
-                     [[r["config"], str(r["batch"]), f"{r['calls']} ({len(r['layers'])})",
-                       _fmt(r["sum_jax_fwd_ms"], ".4g"), _fmt(r["sum_torch_fwd_ms"], ".4g"),
-                       _fmt(r["sum_jax_fwdbwd_ms"], ".4g"), _fmt(r["sum_torch_fwdbwd_ms"], ".4g"),
-                       f"{r['ratio_fwdbwd']:.2f}x", _ms(steps.get(r["config"], {}).get("jax_median_s")),
-                       _ms(steps.get(r["config"], {}).get("torch_eager_median_s"))] for r in recs]), ""]
+    kinds = {"conv": "convolutions", "dense": "dense layers", "norm": "group norms (+ activation)", "all": "all"}
+    rows = []
     for r in recs:
-        rows = sorted((x for x in r["layers"] if "torch_fwdbwd_ms" in x),
-                      key=lambda x: -x["count"] * abs(x["jax_fwdbwd_ms"] - x["torch_fwdbwd_ms"]))[:top]
-        lines += [f"{r['config']}: the {len(rows)} layers with the largest difference (ms per call):", "",
+        step = steps.get(r["config"], {})
+        for kind, sums in r["sums"].items():
+            rows.append([r["config"], str(r["batch"]), kinds[kind], f"{sums['calls']} ({sums['distinct']})",
+                         _fmt(sums["jax_fwd_ms"], ".4g"), _fmt(sums["torch_fwd_ms"], ".4g"),
+                         _fmt(sums["jax_fwdbwd_ms"], ".4g"), _fmt(sums["torch_fwdbwd_ms"], ".4g"),
+                         f"{sums['ratio_fwdbwd']:.2f}x",
+                         _ms(step.get("jax_median_s")) if kind == "all" else "",
+                         _ms(step.get("torch_eager_median_s")) if kind == "all" else ""])
+    lines = ["## Layers alone: gen_jax vs PyTorch (`--peers torch`, section `peer_layers`)", "",
+             "Every convolution, dense layer and group norm (with its fused activation) the config's train step "
+             "calls, each timed alone (gen_jax: the same flax module compiled; PyTorch eager `Conv2d` / `Linear` / "
+             "`GroupNorm` + activation, NCHW), alternating, summed over the calls (ms). ratio = PyTorch's sum / "
+             "gen_jax's over the layers PyTorch mirrors. Beside them, the whole steps of the 'peers' section: what a "
+             "step spends outside these layers is the step minus their forward + backward.", "",
+             *_table(["config", "batch", "layers", "calls (distinct)", "gen_jax fwd", "PyTorch fwd",
+                      "gen_jax fwd+bwd", "PyTorch fwd+bwd", "ratio fwd+bwd", "gen_jax step", "PyTorch eager step"],
+                     rows), ""]
+    for r in recs:
+        worst = sorted((x for x in r["layers"] if "torch_fwdbwd_ms" in x),
+                       key=lambda x: -x["count"] * abs(x["jax_fwdbwd_ms"] - x["torch_fwdbwd_ms"]))[:top]
+        lines += [f"{r['config']}: the {len(worst)} layers with the largest difference (ms per call):", "",
                   *_table(["layer", "calls", "gen_jax fwd", "PyTorch fwd", "gen_jax fwd+bwd", "PyTorch fwd+bwd"],
                           [[x["name"], str(x["count"]), _fmt(x["jax_fwd_ms"]), _fmt(x["torch_fwd_ms"]),
-                            _fmt(x["jax_fwdbwd_ms"]), _fmt(x["torch_fwdbwd_ms"])] for x in rows]), ""]
+                            _fmt(x["jax_fwdbwd_ms"]), _fmt(x["torch_fwdbwd_ms"])] for x in worst]), ""]
     return lines + [f"PyTorch: {recs[0]['peer']}, {recs[0]['torch_threads']} threads.", ""]
 
 
