@@ -11,7 +11,6 @@ difference lies in the rest of the step (the other element-wise work, layout cop
 from __future__ import annotations
 
 import collections
-import time
 
 import flax.linen as nn
 import jax
@@ -20,6 +19,7 @@ import numpy as np
 
 from experiments.benchmark import tasks
 from experiments.benchmark.peers import set_torch_threads
+from experiments.benchmark.peers.section import timed_calls
 from experiments.benchmark.suites import Entry, Suite, batch_for
 from gen_jax.nn import GroupNorm
 
@@ -125,15 +125,6 @@ def torch_layer(rec: dict):
     return layer, torch.randn(shape[0], shape[3], shape[1], shape[2])
 
 
-def _median_ms(fn, steps: int) -> float:
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
-
-
 def jax_layer_fns(rec: dict):
     """gen_jax's (forward, forward + gradients w.r.t. the parameters and the input) of a record, compiled."""
     m = rec["module"]
@@ -185,7 +176,7 @@ def measure_layers(records: list[dict], rounds: int = ROUNDS, steps: int = STEPS
         for _ in range(rounds):
             for label, (fwd, both) in contenders.items():
                 for mode, fn in (("fwd", fwd), ("fwdbwd", both)):
-                    ms = _median_ms(fn, steps)
+                    ms = 1e3 * float(np.median(timed_calls(fn, 0, steps)))
                     best[f"{label}_{mode}_ms"] = min(ms, best.get(f"{label}_{mode}_ms", np.inf))
         row.update(best)
         out.append(row)

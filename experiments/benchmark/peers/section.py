@@ -16,8 +16,9 @@ from experiments.benchmark.timing import placed, summarize, timed_steps
 ROUNDS = 4  # rounds of (gen_jax, torch eager, torch.compile); each times suite.section_steps steps of each
 
 
-def _torch_timed(step, warmup: int, steps: int) -> np.ndarray:
-    """Seconds per step of a twin's step (PyTorch on CPU returns when the step is done)."""
+def timed_calls(step, warmup: int, steps: int) -> np.ndarray:
+    """Seconds per call of ``step`` after ``warmup`` calls, for a function that returns when its work is done
+    (PyTorch on CPU; a JAX function that blocks on its result)."""
     for _ in range(warmup):
         step()
     times = []
@@ -66,7 +67,7 @@ def measure_peers(entry: Entry, suite: Suite, rounds: int = ROUNDS) -> dict:
         state, t = timed_steps(step, state, batch, suite.warmup if r == 0 else 1, suite.section_steps)
         times["gen_jax"].extend(t)
         for label, twin_step in contenders.items():
-            times[label].extend(_torch_timed(twin_step, 2 if r == 0 else 1, suite.section_steps))
+            times[label].extend(timed_calls(twin_step, 2 if r == 0 else 1, suite.section_steps))
     jax_s = summarize(np.asarray(times["gen_jax"]))
     rec.update({f"jax_{k}": v for k, v in jax_s.items()})
     for label in contenders:
